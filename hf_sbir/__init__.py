@@ -1,0 +1,30 @@
+"""hf-sbir: sketch-based image retrieval models for the Hugging Face ecosystem.
+
+Importing the package registers its configs and models with transformers' Auto classes, so
+`AutoModel.from_pretrained(folder_or_hub_id)` loads any hf-sbir checkpoint. Subpackages (data,
+metrics, retrieval, training) are imported on use, keeping `import hf_sbir` light.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from hf_sbir.backbones.configuration_hybrid_efficientnet import HybridEfficientNetConfig
+from hf_sbir.models.sketch_an_anchor import SketchAnAnchorConfig, SketchAnAnchorModel, SketchAnAnchorOutput
+
+__version__ = "0.1.0"
+
+_FAMILIES = [(SketchAnAnchorConfig, SketchAnAnchorModel)]
+
+
+def _register(config_cls, model_cls) -> None:
+    AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+    AutoModel.register(config_cls, model_cls, exist_ok=True)
+    # save_pretrained then writes `auto_map` and the code files for trust_remote_code users.
+    config_cls.register_for_auto_class()
+    model_cls.register_for_auto_class("AutoModel")
+
+
+AutoConfig.register(HybridEfficientNetConfig.model_type, HybridEfficientNetConfig, exist_ok=True)
+for _config_cls, _model_cls in _FAMILIES:
+    _register(_config_cls, _model_cls)
+
+__all__ = ["HybridEfficientNetConfig", "SketchAnAnchorConfig", "SketchAnAnchorModel", "SketchAnAnchorOutput"]

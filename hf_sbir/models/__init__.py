@@ -1,0 +1,1 @@
+"""Model families: one folder each (configuration_*.py / modeling_*.py)."""

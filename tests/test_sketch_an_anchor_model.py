@@ -1,0 +1,234 @@
+"""Sketch-an-Anchor as a Hugging Face model: shapes, save/load, remote code, gradients, config errors."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+import hf_sbir  # noqa: F401  (registers the Auto classes)
+from hf_sbir import SketchAnAnchorConfig, SketchAnAnchorModel
+from hf_sbir.anchors.gcn import AnchorGCN, unified_adjacency
+from hf_sbir.losses import anchor_similarity, sketch_an_anchor_loss
+
+from conftest import tiny_sketch_an_anchor_config, tiny_vit_config
+
+
+def test_forward_shapes_and_normalisation(tiny_config):
+    model = SketchAnAnchorModel(tiny_config).eval()
+    out = model(pixel_values=torch.randn(3, 3, 32, 32))
+    for field in ("embeddings", "word_embeddings", "visual_embeddings"):
+        value = getattr(out, field)
+        assert value.shape == (3, 16)
+        assert torch.allclose(value.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert out.word_token_state.shape == (3, 32) and out.visual_token_state.shape == (3, 32)
+    assert out.aggregation_weights.shape == (3, 2)
+    assert torch.allclose(out.aggregation_weights.sum(-1), torch.ones(3))
+    assert out.last_hidden_state is None
+    full = model(pixel_values=torch.randn(2, 3, 32, 32), output_hidden_states=True)
+    # CLS + 2 RTR tokens + (32/8)^2 patches.
+    assert full.last_hidden_state.shape == (2, 1 + 2 + 16, 32)
+
+
+def test_rtr_tokens_change_the_sequence_not_the_backbone_weights(tiny_config):
+    model = SketchAnAnchorModel(tiny_config).eval()
+    x = torch.randn(2, 3, 32, 32)
+    plain = model.backbone.model(pixel_values=x).last_hidden_state
+    assert plain.shape[1] == 1 + 16  # the hook only fires when extra tokens are passed
+    assert model.get_image_features(x).shape == (2, 32)
+
+
+def test_other_resolution_interpolates_position_embeddings(tiny_config):
+    model = SketchAnAnchorModel(tiny_config).eval()
+    assert model(pixel_values=torch.randn(1, 3, 48, 48)).embeddings.shape == (1, 16)
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "clip_vision_model"])
+def test_other_vit_family_backbones(kind):
+    if kind == "dinov2":
+        from transformers import Dinov2Config as C
+    else:
+        from transformers import CLIPVisionConfig as C
+    bb = C(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
+    model = SketchAnAnchorModel(tiny_sketch_an_anchor_config(bb)).eval()
+    out = model(pixel_values=torch.randn(2, 3, 32, 32))
+    assert out.embeddings.shape == (2, 16)
+
+
+def test_save_load_round_trip_identical(tmp_path, tiny_config):
+    model = SketchAnAnchorModel(tiny_config).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = model(pixel_values=x)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_sketch_an_anchor.SketchAnAnchorConfig",
+        "AutoModel": "modeling_sketch_an_anchor.SketchAnAnchorModel",
+    }
+    assert config["backbone_config"]["model_type"] == "vit"
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, SketchAnAnchorModel)
+    after = loaded(pixel_values=x)
+    for field in ("embeddings", "word_embeddings", "visual_embeddings"):
+        assert torch.equal(getattr(before, field), getattr(after, field))
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), SketchAnAnchorConfig)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import sys, importlib.abc, os, torch
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "hf_sbir" or name.startswith("hf_sbir."):
+                raise ImportError("hf_sbir is blocked: this test loads through remote code only")
+    sys.meta_path.insert(0, Block())
+    from transformers import AutoModel
+    folder, out = sys.argv[1], sys.argv[2]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert "hf_sbir" not in sys.modules
+    x = torch.load(os.path.join(folder, "x.pt"), weights_only=True)
+    with torch.no_grad():
+        torch.save(model(pixel_values=x).embeddings, out)
+    print(type(model).__module__)
+    """
+)
+
+
+def test_trust_remote_code_route_without_the_package(tmp_path, tiny_config):
+    model = SketchAnAnchorModel(tiny_config).eval()
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    for name in ("modeling_sketch_an_anchor.py", "configuration_sketch_an_anchor.py", "modeling_backbones.py", "gcn.py"):
+        assert (folder / name).is_file(), name
+    assert "from hf_sbir" not in (folder / "modeling_sketch_an_anchor.py").read_text()
+    x = torch.randn(2, 3, 32, 32)
+    torch.save(x, folder / "x.pt")
+    script = tmp_path / "load.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(folder), str(tmp_path / "emb.pt")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "transformers_modules" in proc.stdout
+    with torch.no_grad():
+        expected = model(pixel_values=x).embeddings
+    assert torch.allclose(torch.load(tmp_path / "emb.pt", weights_only=True), expected, atol=1e-6)
+
+
+def _loss_for(model, n_classes=3):
+    torch.manual_seed(1)
+    sketches, photos = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    labels = torch.tensor([0, 1, 2, 0])
+    word, visual = torch.randn(n_classes, 10), torch.randn(n_classes, 32)
+    adapted = model.adapt_anchors(word, visual).as_dict()
+    sims = {"word": anchor_similarity(word), "visual": anchor_similarity(visual)}
+    cfg = model.config
+    return sketch_an_anchor_loss(
+        model(pixel_values=sketches), model(pixel_values=photos), labels, adapted, sims,
+        cfg.contrastive_temperature, cfg.anchor_similarity_temperature,
+    ).total
+
+
+def test_gradients_reach_tokens_heads_gcn_and_backbone(tiny_config):
+    model = SketchAnAnchorModel(tiny_config)
+    _loss_for(model).backward()
+    named = dict(model.named_parameters())
+    for name in (
+        "rtr_tokens",
+        "word_projection.linear.weight",
+        "visual_projection.gate.weight",
+        "aggregation.query",
+        "aggregation.value.weight",
+        "anchor_gcn.word_in.weight",
+        "anchor_gcn.visual_in.weight",
+        "anchor_gcn.layers.0.weight",
+        "anchor_gcn.layers.1.weight",
+        "backbone.model.embeddings.patch_embeddings.projection.weight",
+        "backbone.model.layers.0.attention.q_proj.weight",
+    ):
+        assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
+
+
+def test_backbone_gradient_is_scaled(tiny_config):
+    full = SketchAnAnchorModel(tiny_sketch_an_anchor_config(backbone_gradient_scale=1.0))
+    scaled = SketchAnAnchorModel(tiny_sketch_an_anchor_config(backbone_gradient_scale=0.1))
+    scaled.load_state_dict(full.state_dict())
+    _loss_for(full).backward()
+    _loss_for(scaled).backward()
+    name = "backbone.model.layers.1.mlp.fc2.weight"
+    g_full, g_scaled = dict(full.named_parameters())[name].grad, dict(scaled.named_parameters())[name].grad
+    assert torch.allclose(g_scaled, 0.1 * g_full, atol=1e-7)
+    # Non-backbone parameters keep their full gradient.
+    assert torch.allclose(scaled.rtr_tokens.grad, full.rtr_tokens.grad, atol=1e-7)
+
+
+def test_unified_adjacency_structure():
+    word, visual = torch.randn(3, 5), torch.randn(3, 4)
+    adj = unified_adjacency(word, visual, temperature=1.0)
+    assert adj.shape == (6, 6)
+    assert torch.allclose(adj.sum(-1), torch.ones(6))
+    # No edge between word node 0 and visual node 1 (different classes across graphs).
+    assert adj[0, 4] == 0 and adj[4, 0] == 0
+    # Word node 0 -> visual node 0 is weighted like its self-connection (cos = 1).
+    assert torch.isclose(adj[0, 3], adj[0, 0])
+    # Within the word graph, weights follow the softmax of cosine similarities.
+    wn = torch.nn.functional.normalize(word, dim=-1)
+    logits = torch.cat([wn[0] @ wn.T, torch.tensor([1.0])])
+    assert torch.allclose(adj[0, [0, 1, 2, 3]], torch.softmax(logits, 0), atol=1e-6)
+
+
+def test_gcn_zero_layers_is_projection_only():
+    gcn = AnchorGCN(word_dim=5, visual_dim=4, hidden_size=8, output_dim=6, num_layers=0, temperature=0.1)
+    word = torch.randn(3, 5)
+    out = gcn(word, None)
+    assert out.visual is None and out.word.shape == (3, 6)
+    assert torch.allclose(out.word, torch.nn.functional.normalize(gcn.word_in(word), dim=-1))
+
+
+def test_adapt_anchors_checks_shapes(tiny_config):
+    model = SketchAnAnchorModel(tiny_config)
+    with pytest.raises(ValueError, match="word_anchors must have shape"):
+        model.adapt_anchors(torch.randn(3, 7), None)
+    with pytest.raises(ValueError, match="differ"):
+        model.adapt_anchors(torch.randn(3, 10), torch.randn(4, 32))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"projection_dim": 0}, "projection_dim must be a positive integer"),
+        ({"gcn_num_layers": -1}, "gcn_num_layers must be an integer >= 0"),
+        ({"contrastive_temperature": 0.0}, "contrastive_temperature must be > 0"),
+        ({"backbone_gradient_scale": -1.0}, "backbone_gradient_scale must be >= 0"),
+        ({"backbone_config": {"model_type": "bert"}}, "Unsupported backbone model_type 'bert'"),
+        ({"backbone_config": {"hidden_size": 3}}, "must be a transformers config or a dict with a 'model_type'"),
+        ({"anchor_class_names": ["a", "b"], "num_anchor_classes": 3}, "does not match"),
+    ],
+)
+def test_bad_configs_raise_clear_errors(kwargs, message):
+    base = {"backbone_config": tiny_vit_config()}
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        SketchAnAnchorConfig(**base)
+
+
+def test_bad_pixel_values_raise_clear_errors(tiny_config):
+    model = SketchAnAnchorModel(tiny_config)
+    with pytest.raises(ValueError, match="pixel_values is required"):
+        model()
+    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):
+        model(pixel_values=torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="float tensor"):
+        model(pixel_values=torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_config_dict_round_trip(tiny_config):
+    again = SketchAnAnchorConfig.from_dict(tiny_config.to_dict())
+    assert again.backbone_config.to_dict() == tiny_config.backbone_config.to_dict()
+    assert again.projection_dim == 16 and again.gcn_num_layers == 2
