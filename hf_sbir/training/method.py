@@ -1,0 +1,79 @@
+"""What one method contributes to the shared training loop.
+
+The loop (`hf_sbir.training.trainer.train`) owns everything methods have in common: accelerate
+(device placement, mixed precision, gradient accumulation, DDP), the optimiser and the warm-up +
+cosine schedule, checkpoints and `--resume`, logging, the final evaluation, `save_pretrained`, the
+model card and `push_to_hub`. A method says how to build its model and transform, how to make the
+batch of step `t`, and how to turn a batch into a loss.
+
+Resumability rule: `next_batch(step)` must depend only on (seed, step) and on state returned by
+`state_dict()`, so that a run stopped after step t and resumed gives the same batches as one that
+never stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class TrainingMethod:
+    """Base class; subclasses register themselves in `hf_sbir.training.methods.METHODS` by `name`.
+
+    Args:
+        args: the run's `TrainConfig` (method-specific settings live in `args.method_args`, a dict).
+    """
+
+    name: str = ""
+
+    def __init__(self, args):
+        self.args = args
+
+    # -- model ------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        """The PreTrainedModel to train (from `args.model` / `args.backbone`), before any data is seen."""
+        raise NotImplementedError
+
+    def build_transform(self, model: nn.Module):
+        """`(PIL image, domain) -> FloatTensor (3, H, W)` used for training and evaluation."""
+        raise NotImplementedError
+
+    # -- data ------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, data, transform, accelerator) -> None:
+        """Called once before training with the dataset (a `DatasetDict` whose `train` split holds seen
+        classes only — the loop has already run the zero-shot leak guard on it). Precompute what the
+        method needs (anchors, teacher features); cache in `args.output_dir` if slow."""
+
+    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
+        """The CPU batch of training step `step` (0-based)."""
+        raise NotImplementedError
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; default: every trainable parameter at `args.learning_rate`."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return (loss to backpropagate, floats to log)."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Hook after each optimiser step (e.g. an EMA update)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra method state saved with each checkpoint (tensors or JSON-able values)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- evaluation and export -------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, data, transform) -> dict[str, Any]:
+        """Metrics on the held-out (unseen) split: {"metrics": {name: float}, "per_class": [...], "task": str}."""
+        raise NotImplementedError
+
+    def model_to_save(self, model: nn.Module) -> nn.Module:
+        """The model whose weights are exported (e.g. the EMA copy)."""
+        return model

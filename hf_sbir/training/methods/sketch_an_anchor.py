@@ -1,0 +1,198 @@
+"""Sketch-an-Anchor's part of the training loop (paper §3.2-3.5, §4.2).
+
+Method settings (`method_args`, all optional):
+    use_word_anchors, use_visual_anchors (bool): ablation switches (both False = InfoNCE baseline);
+    gcn_num_layers (int), randomize_word_anchors, randomize_visual_anchors (bool): the other ablation
+    switches; they are copied into the model config. num_neighbours (int, 10): word neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from hf_sbir.training.evaluation import evaluate_zero_shot
+from hf_sbir.training.method import TrainingMethod
+
+logger = logging.getLogger("hf_sbir")
+
+# method_args keys that are SketchAnAnchorConfig fields.
+_CONFIG_KEYS = (
+    "use_word_anchors",
+    "use_visual_anchors",
+    "gcn_num_layers",
+    "randomize_word_anchors",
+    "randomize_visual_anchors",
+    "visual_anchor_noise_scale",
+    "backbone_gradient_scale",
+    "contrastive_temperature",
+    "anchor_similarity_temperature",
+    "projection_dim",
+    "gcn_hidden_size",
+)
+
+
+class SketchAnAnchorMethod(TrainingMethod):
+    name = "sketch_an_anchor"
+
+    def __init__(self, args):
+        super().__init__(args)
+        unknown = set(args.method_args) - set(_CONFIG_KEYS) - {"num_neighbours"}
+        if unknown:
+            raise ValueError(f"Unknown sketch_an_anchor method_args {sorted(unknown)}; known: {sorted(_CONFIG_KEYS + ('num_neighbours',))}.")
+        self.text_embedder = None
+        self.anchors = None
+        self.sampler = None
+
+    # -- model ------------------------------------------------------------------------------------
+    def _config_kwargs(self) -> dict:
+        kwargs = dict(self.args.model_config)
+        kwargs.update({k: v for k, v in self.args.method_args.items() if k in _CONFIG_KEYS})
+        return kwargs
+
+    def _uses_word_anchors(self, config_kwargs: dict | None = None) -> bool:
+        kwargs = self._config_kwargs() if config_kwargs is None else config_kwargs
+        return kwargs.get("use_word_anchors", True)
+
+    def build_model(self):
+        from transformers import AutoModel
+
+        from hf_sbir.models.sketch_an_anchor import SketchAnAnchorConfig, SketchAnAnchorModel
+
+        kwargs = self._config_kwargs()
+        if self._uses_word_anchors(kwargs):
+            from hf_sbir.anchors.text import get_class_name_embedder
+
+            self.text_embedder = get_class_name_embedder(self.args.text_embedder)
+            kwargs.setdefault("word_anchor_dim", self.text_embedder.dim)
+        if self.args.init_model:
+            model = AutoModel.from_pretrained(self.args.init_model)
+            for key, value in kwargs.items():
+                setattr(model.config, key, value)
+            return model
+        if self.args.backbone_config is not None:
+            return SketchAnAnchorModel(SketchAnAnchorConfig(backbone_config=self.args.backbone_config, **kwargs))
+        return SketchAnAnchorModel.from_backbone(self.args.backbone, **kwargs)
+
+    def build_transform(self, model):
+        from hf_sbir.backbones.processing import image_processor_for_backbone
+        from hf_sbir.data import SbirImageTransform
+
+        processor = image_processor_for_backbone(model.config.backbone_config, image_size=self.args.image_size)
+        return SbirImageTransform(
+            image_processor=processor,
+            image_size=self.args.image_size,
+            sketch_ink_crop=self.args.sketch_ink_crop,
+            sketch_stroke_width=self.args.sketch_stroke_width,
+            empty_sketch="keep",
+        )
+
+    # -- data ------------------------------------------------------------------------------------
+    def setup(self, model, data, transform, accelerator) -> None:
+        from hf_sbir.anchors.semantic_anchors import SemanticAnchors, build_semantic_anchors
+        from hf_sbir.data import PairedClassBatchSampler, split_by_domain
+
+        self.transform = transform
+        train = data["train"]
+        label_names = train.features["label"].names
+        self.sketches, self.photos = split_by_domain(train)
+        present = sorted(set(self.sketches["label"]) & set(self.photos["label"]))
+        if not present:
+            raise ValueError("The training split has no class with both sketches and photos.")
+        self.class_names = [label_names[i] for i in present]
+        self.anchor_index = {label: i for i, label in enumerate(present)}  # dataset label -> anchor row
+        cfg = self._config = model.config
+        cfg.anchor_class_names = self.class_names
+        cfg.num_anchor_classes = len(self.class_names)
+
+        cache = Path(self.args.output_dir) / "anchors"
+        use_word, use_visual = cfg.use_word_anchors, cfg.use_visual_anchors
+        if (cache / "anchors.json").is_file():
+            self.anchors = SemanticAnchors.load(cache)
+            if self.anchors.class_names != self.class_names:
+                raise ValueError(f"Cached anchors in {cache} are for other classes; remove the folder or use a new output_dir.")
+        elif use_word or use_visual:
+            self.anchors = build_semantic_anchors(
+                model, self.photos, transform, self.class_names,
+                label_names=label_names, text_embedder=self.text_embedder,
+                num_neighbours=self.args.method_args.get("num_neighbours", cfg.word_anchor_neighbours),
+                batch_size=self.args.eval_batch_size, use_word=use_word, use_visual=use_visual,
+                device=accelerator.device, progress=self.args.progress,
+            )
+            if accelerator.is_main_process:
+                self.anchors.save(cache)
+        self.sampler = PairedClassBatchSampler(self.sketches["label"], self.photos["label"], self.args.batch_size, seed=self.args.seed)
+
+    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
+        sketch_idx, photo_idx = self.sampler.batch(step)
+        sketches, photos = self.sketches[sketch_idx], self.photos[photo_idx]
+        batch = {
+            "sketch_pixel_values": self.transform.batch(sketches["image"], ["sketch"] * len(sketch_idx)),
+            "photo_pixel_values": self.transform.batch(photos["image"], ["photo"] * len(photo_idx)),
+            "labels": torch.tensor([self.anchor_index[label] for label in sketches["label"]]),
+        }
+        if self.anchors is not None:
+            cfg = self.config
+            # Anchor randomisation (§3.5) drawn from (seed, step) so a resumed run draws the same.
+            generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step)
+            word, visual = self.anchors.sample(
+                generator,
+                randomize_word=cfg.randomize_word_anchors,
+                randomize_visual=cfg.randomize_visual_anchors,
+                noise_scale=cfg.visual_anchor_noise_scale,
+                use_word=cfg.use_word_anchors,
+                use_visual=cfg.use_visual_anchors,
+            )
+            if word is not None:
+                batch["word_anchors"] = word
+            if visual is not None:
+                batch["visual_anchors"] = visual
+        return batch
+
+    @property
+    def config(self):
+        return self._config
+
+    def training_step(self, model, batch, step):
+        from hf_sbir.losses.sketch_an_anchor import anchor_similarity, sketch_an_anchor_loss
+
+        cfg = self.config
+        n = batch["sketch_pixel_values"].shape[0]
+        # One forward pass over sketches and photos together (one call through DDP, GCN included).
+        out = model(
+            pixel_values=torch.cat([batch["sketch_pixel_values"], batch["photo_pixel_values"]]),
+            word_anchors=batch.get("word_anchors"),
+            visual_anchors=batch.get("visual_anchors"),
+        )
+        sketch_out, photo_out = _split_output(out, n)
+        adapted, sims = {}, {}
+        for kind in ("word", "visual"):
+            if f"{kind}_anchors" in batch:
+                adapted[kind] = getattr(out, f"adapted_{kind}_anchors")
+                sims[kind] = anchor_similarity(batch[f"{kind}_anchors"])
+        losses = sketch_an_anchor_loss(
+            sketch_out, photo_out, batch["labels"], adapted, sims,
+            cfg.contrastive_temperature, cfg.anchor_similarity_temperature,
+        )
+        return losses.total, losses.as_floats()
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, model, data, transform):
+        return evaluate_zero_shot(
+            model, data, transform, batch_size=self.args.eval_batch_size,
+            max_queries=self.args.max_eval_queries, seed=self.args.seed, progress=self.args.progress,
+        )
+
+    def state_dict(self):
+        return {"sampler": self.sampler.state_dict() if self.sampler else None}
+
+
+def _split_output(out, n):
+    from hf_sbir.models.sketch_an_anchor import SketchAnAnchorOutput
+
+    fields = ("embeddings", "word_embeddings", "visual_embeddings")
+    first = SketchAnAnchorOutput(**{f: getattr(out, f)[:n] for f in fields})
+    second = SketchAnAnchorOutput(**{f: getattr(out, f)[n:] for f in fields})
+    return first, second

@@ -1,0 +1,264 @@
+"""The training loop behind `train.py`, shared by every method (see `hf_sbir.training.method`).
+
+accelerate handles devices, mixed precision, gradient accumulation and DDP; checkpoints use
+`Accelerator.save_state` (model, optimiser, scheduler, RNG states) plus the loop's own state (the
+iteration reached, the method's extra state), so `resume=True` continues where a stopped run left
+off and ends with the same weights as a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
+from accelerate.utils import ProjectConfiguration, set_seed
+
+from hf_sbir.training.config import TrainConfig
+from hf_sbir.training.methods import get_method_class
+
+logger = logging.getLogger("hf_sbir")
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class JsonlTracker(GeneralTracker):
+    """accelerate tracker that appends one JSON object per `log` call to `<logging_dir>/metrics.jsonl`."""
+
+    name = "jsonl"
+    requires_logging_directory = True
+
+    def __init__(self, run_name: str, logging_dir: str | os.PathLike):
+        super().__init__()
+        self.path = Path(logging_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_name = run_name
+
+    @property
+    def tracker(self):
+        return self.path
+
+    def store_init_configuration(self, values: dict):
+        (self.path.parent / "config.json").write_text(json.dumps(values, indent=2, default=str))
+
+    def log(self, values: dict, step: int | None = None, **kwargs):
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"step": step, "time": time.time(), **values}, default=float) + "\n")
+
+
+def lr_lambda(args: TrainConfig):
+    """Linear warm-up to the base rate over `warmup_iterations`, then cosine decay to `min_learning_rate`."""
+
+    def factor(step: int) -> float:
+        if args.warmup_iterations and step < args.warmup_iterations:
+            return (step + 1) / args.warmup_iterations
+        span = max(1, args.iterations - args.warmup_iterations)
+        progress = min(1.0, (step - args.warmup_iterations) / span)
+        floor = args.min_learning_rate / args.learning_rate
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run produced."""
+
+    output_dir: Path
+    model_dir: Path | None
+    iterations_done: int
+    finished: bool
+    metrics_before: dict[str, Any] | None = None
+    metrics_after: dict[str, Any] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def load_data(args: TrainConfig):
+    from hf_sbir.data import guard_training_set, load_sbir_dataset
+
+    data = load_sbir_dataset(args.dataset, split=args.split, gzs=args.gzs)
+    if args.split:
+        guard_training_set(data["train"], args.split)  # zero-shot means zero-shot
+    return data
+
+
+def _make_trackers(args: TrainConfig, logging_dir: Path):
+    if args.log_with in (None, "none", ""):
+        return None
+    if args.log_with == "jsonl":
+        return [JsonlTracker("train", logging_dir)]
+    return args.log_with
+
+
+def train(args: TrainConfig) -> TrainResult:
+    """Run (or resume) a training job; returns a `TrainResult`. See `TrainConfig` for the settings."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=_make_trackers(args, output_dir / "logs"),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    set_seed(args.seed)
+    checkpoints = list_checkpoints(output_dir) if args.resume else []
+    if args.resume and not checkpoints:
+        logger.warning("resume=True but no checkpoint in %s: starting from scratch.", output_dir / "checkpoints")
+    if not args.resume and list_checkpoints(output_dir) and accelerator.is_main_process:
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints of another run. Pass --resume true to continue it, or choose "
+            "a new --output_dir (nothing was overwritten)."
+        )
+
+    method = get_method_class(args.method)(args)
+    data = load_data(args)
+    model = method.build_model()
+    transform = method.build_transform(model)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    metrics_before = None
+    before_file = output_dir / "eval_before.json"
+    if args.eval_before and accelerator.is_main_process:
+        if before_file.is_file():
+            metrics_before = json.loads(before_file.read_text())
+        else:
+            metrics_before = method.evaluate(model, data, transform)
+            before_file.write_text(json.dumps(metrics_before, indent=2))
+    method.setup(model, data, transform, accelerator)
+
+    optimizer = torch.optim.Adam(method.parameter_groups(model), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.init_trackers("hf_sbir", config={k: v for k, v in args.to_dict().items() if not isinstance(v, dict)})
+
+    start = 0
+    if checkpoints:
+        last = checkpoints[-1]
+        accelerator.load_state(str(last))
+        state = json.loads((last / "trainer_state.json").read_text())
+        start = state["iterations_done"]
+        method_state_file = last / "method_state.pt"
+        if method_state_file.is_file():
+            method.load_state_dict(torch.load(method_state_file, weights_only=True))
+        logger.info("Resumed from %s (iteration %d of %d).", last, start, args.iterations)
+
+    end = args.iterations if args.stop_after is None else min(args.iterations, start + args.stop_after)
+    history: list[dict[str, float]] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.iterations, initial=start, desc="train", disable=not (args.progress and accelerator.is_main_process))
+    t0 = time.perf_counter()
+    model.train()
+    for iteration in range(start, end):
+        logs: dict[str, float] = {}
+        for micro in range(args.gradient_accumulation_steps):
+            batch = method.next_batch(iteration * args.gradient_accumulation_steps + micro)
+            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                loss, logs = method.training_step(model, batch, iteration)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"Loss became {loss.item()} at iteration {iteration}; lower the learning rate or check the data. "
+                        f"The last checkpoint is in {output_dir / 'checkpoints'}."
+                    )
+                accelerator.backward(loss)
+                if args.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+        method.after_optimizer_step(model, iteration)
+        logs = {**logs, "lr": scheduler.get_last_lr()[0]}
+        history.append(logs)
+        if (iteration + 1) % args.log_every == 0:
+            accelerator.log(logs, step=iteration + 1)
+        rate = (iteration + 1 - start) / max(1e-9, time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", it_s=f"{rate:.2f}")
+        bar.update(1)
+        done = iteration + 1
+        if done % args.checkpoint_every == 0 or done == end:
+            save_checkpoint(accelerator, method, output_dir, done, args.keep_checkpoints)
+    bar.close()
+
+    done = end
+    finished = done >= args.iterations
+    result = TrainResult(output_dir=output_dir, model_dir=None, iterations_done=done, finished=finished, metrics_before=metrics_before, history=history)
+    if not finished:
+        logger.info("Stopped after iteration %d of %d; continue with --resume true.", done, args.iterations)
+        accelerator.end_training()
+        return result
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = method.model_to_save(accelerator.unwrap_model(model))
+        final.eval()
+        result.metrics_after = method.evaluate(final, data, transform)
+        (output_dir / "eval_after.json").write_text(json.dumps(result.metrics_after, indent=2))
+        result.model_dir = export_model(final, transform, args, result)
+    accelerator.end_training()
+    return result
+
+
+def save_checkpoint(accelerator: Accelerator, method, output_dir: Path, done: int, keep: int) -> Path:
+    path = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{done}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        torch.save(method.state_dict(), path / "method_state.pt")
+        # Written last: a checkpoint without it (a crash mid-save) is ignored by resume.
+        (path / "trainer_state.json").write_text(json.dumps({"iterations_done": done}))
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def export_model(model, transform, args: TrainConfig, result: TrainResult) -> Path:
+    """save_pretrained folder + processor configs + generated model card; optional push_to_hub."""
+    from hf_sbir.training.model_card import write_model_card
+
+    model_dir = Path(args.output_dir) / "model"
+    model.save_pretrained(model_dir)
+    transform.save_pretrained(model_dir)
+    # A plain transformers image processor config too, so AutoImageProcessor works on the folder.
+    transform.image_processor.save_pretrained(model_dir)
+    write_model_card(model_dir, args, result)
+    if args.push_to_hub:
+        push_folder_to_hub(model_dir, args.hub_model_id)
+    return model_dir
+
+
+def push_folder_to_hub(folder: Path, repo_id: str) -> str:
+    """Upload a saved model folder; a clear error when offline or not logged in."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload hf-sbir model")
+    except HfHubHTTPError as err:
+        raise RuntimeError(
+            f"push_to_hub to {repo_id!r} failed: {err}. Log in with `hf auth login` (or set HF_TOKEN) and check the "
+            f"repository name. The model is saved locally in {folder}."
+        ) from err
+    except Exception as err:  # connection errors, offline mode
+        raise RuntimeError(
+            f"push_to_hub to {repo_id!r} failed: the Hugging Face Hub is not reachable ({type(err).__name__}: {err}). "
+            f"The model is saved locally in {folder}; upload it later with `hf upload {repo_id} {folder}`."
+        ) from err
+    return str(info)
