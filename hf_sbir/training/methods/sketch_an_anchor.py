@@ -186,7 +186,7 @@ class SketchAnAnchorMethod(TrainingMethod):
         )
 
     def state_dict(self):
-        return {"sampler": self.sampler.state_dict() if self.sampler else None}
+        return {"sampler": self.sampler.state_dict() if self.sampler is not None else None}
 
 
 def _split_output(out, n):

@@ -1,0 +1,142 @@
+"""train.py / hf_sbir.training: loss goes down, resume equals an uninterrupted run, the exported folder
+loads with AutoModel and carries a model card with the metrics."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+import hf_sbir  # noqa: F401
+from hf_sbir.training import TrainConfig, config_from_args, list_checkpoints, train
+from hf_sbir.training.methods import get_method_class
+from hf_sbir.training.trainer import push_folder_to_hub
+
+from conftest import REPO_ROOT, tiny_vit_config
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_args(tmp_path, name="run", **overrides):
+    kwargs = dict(
+        dataset="embedded",
+        split="embedded",
+        backbone_config=tiny_vit_config().to_dict(),
+        text_embedder="minilm",
+        model_config={"projection_dim": 16, "gcn_hidden_size": 16, "gcn_num_layers": 2},
+        iterations=4,
+        batch_size=6,
+        learning_rate=1e-3,
+        min_learning_rate=1e-4,
+        warmup_iterations=1,
+        image_size=32,
+        checkpoint_every=2,
+        eval_batch_size=64,
+        eval_before=False,
+        output_dir=str(tmp_path / name),
+        progress=False,
+        log_with="jsonl",
+        method_args={"num_neighbours": 3},
+    )
+    kwargs.update(overrides)
+    return TrainConfig(**kwargs)
+
+
+def _weights(result):
+    return load_file(str(result.model_dir / "model.safetensors"))
+
+
+def test_loss_goes_down_on_a_fixed_batch(tmp_path):
+    args = tiny_args(tmp_path, iterations=10, checkpoint_every=10)
+    torch.manual_seed(args.seed)
+    result = train(args)
+    assert result.finished and result.iterations_done == 10
+
+    # Rebuild the untrained model exactly as train() did (same seed), and the batch of step 0.
+    method = get_method_class("sketch_an_anchor")(args)
+    from accelerate.utils import set_seed
+    from accelerate import Accelerator
+
+    set_seed(args.seed)
+    initial = method.build_model()
+    transform = method.build_transform(initial)
+    from hf_sbir.training.trainer import load_data
+
+    method.setup(initial, load_data(args), transform, Accelerator())
+    batch = method.next_batch(0)
+    trained = AutoModel.from_pretrained(result.model_dir)
+    trained.config.anchor_class_names = initial.config.anchor_class_names
+    with torch.no_grad():
+        before, _ = method.training_step(initial.eval(), batch, 0)
+        after, _ = method.training_step(trained.eval(), batch, 0)
+    assert after.item() < before.item()
+    # Logged to the JSON-lines tracker.
+    lines = (result.output_dir / "logs" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 10 and "loss_nce" in json.loads(lines[0])
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    full = train(tiny_args(tmp_path, "full"))
+    stopped = train(tiny_args(tmp_path, "split", stop_after=2))
+    assert not stopped.finished and stopped.iterations_done == 2
+    assert [p.name for p in list_checkpoints(stopped.output_dir)] == ["checkpoint-2"]
+    resumed = train(tiny_args(tmp_path, "split", resume=True))
+    assert resumed.finished and resumed.iterations_done == 4
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
+    train(tiny_args(tmp_path, "x", stop_after=2))
+    with pytest.raises(FileExistsError, match="--resume true"):
+        train(tiny_args(tmp_path, "x"))
+
+
+def test_exported_folder_loads_and_card_carries_metrics(tmp_path):
+    result = train(tiny_args(tmp_path, "export", iterations=2, eval_before=True))
+    folder = result.model_dir
+    for name in ("model.safetensors", "config.json", "README.md", "sbir_image_transform.json", "preprocessor_config.json"):
+        assert (folder / name).is_file(), name
+    model = AutoModel.from_pretrained(folder)
+    assert model.config.anchor_class_names and len(model.config.anchor_class_names) == model.config.num_anchor_classes
+    card = ModelCard.load(folder / "README.md")
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    after = json.loads((result.output_dir / "eval_after.json").read_text())["metrics"]
+    assert set(results) == set(after)
+    for key, value in after.items():
+        assert results[key] == pytest.approx(value, abs=1e-6)
+    assert "before fine-tuning" in card.text
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="Unknown training setting"):
+        TrainConfig.from_dict({"iteratons": 3})
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="push_to_hub needs hub_model_id"):
+        TrainConfig(push_to_hub=True)
+    with pytest.raises(ValueError, match="Unknown method"):
+        get_method_class("nope")
+    args = config_from_args(["--iterations", "7", "--learning_rate", "5e-6", "--split", "null", "--set", "method_args.gcn_num_layers=0"])
+    assert args.iterations == 7 and args.learning_rate == 5e-6 and args.split is None
+    assert args.method_args == {"gcn_num_layers": 0}
+
+
+def test_train_py_reports_bad_config_without_traceback(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--config", str(missing)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Training config file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_push_to_hub_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "m").mkdir()
+    with pytest.raises(RuntimeError, match="saved locally"):
+        push_folder_to_hub(tmp_path / "m", "someone/some-model")
