@@ -1,0 +1,91 @@
+"""`load_sbir_dataset`: one entry point that picks the right loader from a name or a path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+from datasets import DatasetDict
+
+from hf_sbir.data.zero_shot import SplitLike
+
+SBIR_MINI_ENV = "HF_SBIR_MINI_ROOT"
+
+
+def sbir_mini_root() -> Path:
+    """Find the sbir-mini developers' set (it is not shipped with the package: its licence is research-only).
+
+    Looked up, in order: `$HF_SBIR_MINI_ROOT`; `shared/data/sbir-mini` under the current directory;
+    `../shared/data/sbir-mini` relative to the current directory and to the repository root of this
+    package (the layout of the hf-sbir development checkout).
+    """
+    env = os.environ.get(SBIR_MINI_ENV)
+    candidates = [Path(env).expanduser()] if env else []
+    repo_root = Path(__file__).resolve().parents[2]
+    candidates += [
+        Path.cwd() / "shared/data/sbir-mini",
+        Path.cwd().parent / "shared/data/sbir-mini",
+        repo_root / "shared/data/sbir-mini",
+        repo_root.parent / "shared/data/sbir-mini",
+    ]
+    for path in candidates:
+        if (path / "sketch").is_dir() and (path / "photo").is_dir():
+            return path
+    raise FileNotFoundError(
+        "sbir-mini not found; set $HF_SBIR_MINI_ROOT to its folder or pass the path. Tried: "
+        + ", ".join(str(p) for p in candidates)
+    )
+
+
+def load_sbir_dataset(
+    name_or_path: Union[str, os.PathLike],
+    split: Optional[SplitLike] = None,
+    gzs: bool = False,
+    on_error: str = "warn",
+    layout: Optional[str] = None,
+    **kwargs,
+) -> DatasetDict:
+    """Load an SBIR dataset by name or folder.
+
+    Dispatch:
+
+    - `"embedded"`: the package's synthetic default (`load_embedded_default`);
+    - `"sbir-mini"`: the developers' real-data set, found by `sbir_mini_root()` (folder loader);
+    - a folder: `layout` if given (`"sketchy"`, `"tuberlin"`, `"quickdraw_ext"`, `"folder"`), else a
+      benchmark recognised by its distinctive sub-folders, else the generic folder loader.
+
+    Args:
+        name_or_path: `"embedded"`, `"sbir-mini"` or a folder.
+        split: zero-shot split name or `ZeroShotSplit`; `None` gives one `all` split.
+        gzs: generalised zero-shot protocol (see `hf_sbir.data.core`).
+        on_error: `"warn"` or `"raise"` for unreadable image files.
+        layout: force a loader for a folder.
+        **kwargs: passed on to the chosen loader (e.g. `seed`, `photo_source`).
+    """
+    from hf_sbir.data.benchmarks import detect_benchmark, load_quickdraw_ext, load_sketchy, load_tuberlin
+    from hf_sbir.data.folder import load_sbir_folder
+
+    name = os.fspath(name_or_path)
+    if name == "embedded":
+        from hf_sbir.data.embedded import load_embedded_default
+
+        return load_embedded_default(split=split, gzs=gzs, on_error=on_error, **kwargs)
+    if name in ("sbir-mini", "sbir_mini"):
+        return load_sbir_folder(sbir_mini_root(), split=split, gzs=gzs, on_error=on_error, **kwargs)
+
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"SBIR dataset root not found: {path} (known names: 'embedded', 'sbir-mini'; otherwise pass a folder)"
+        )
+    loaders = {
+        "sketchy": load_sketchy,
+        "tuberlin": load_tuberlin,
+        "quickdraw_ext": load_quickdraw_ext,
+        "folder": load_sbir_folder,
+    }
+    layout = layout or detect_benchmark(path) or "folder"
+    if layout not in loaders:
+        raise ValueError(f"layout must be one of {sorted(loaders)}, got {layout!r}")
+    return loaders[layout](path, split=split, gzs=gzs, on_error=on_error, **kwargs)

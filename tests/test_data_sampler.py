@@ -1,0 +1,79 @@
+"""PairedClassBatchSampler: pairing, class balance, determinism, resume."""
+
+from collections import Counter
+from itertools import islice
+
+import numpy as np
+import pytest
+
+from hf_sbir.data import PairedClassBatchSampler
+
+# 6 classes with uneven sizes; class 6 has sketches but no photo, class 7 photos but no sketch.
+SKETCH_LABELS = [0] * 3 + [1] * 10 + [2] * 1 + [3] * 7 + [4] * 2 + [5] * 20 + [6] * 4
+PHOTO_LABELS = [0] * 5 + [1] * 2 + [2] * 9 + [3] * 1 + [4] * 6 + [5] * 3 + [7] * 3
+
+
+def _sampler(**kw):
+    kw.setdefault("batch_size", 4)
+    return PairedClassBatchSampler(SKETCH_LABELS, PHOTO_LABELS, **kw)
+
+
+def test_pairs_share_a_class_and_only_eligible_classes():
+    sampler = _sampler(batch_size=8, seed=1)
+    for s_idx, p_idx in islice(sampler, 50):
+        assert len(s_idx) == len(p_idx) == 8
+        s_cls = [SKETCH_LABELS[i] for i in s_idx]
+        assert s_cls == [PHOTO_LABELS[j] for j in p_idx]
+        assert set(s_cls) <= {0, 1, 2, 3, 4, 5}
+
+
+def test_distinct_classes_per_batch_by_default_and_classes_per_batch():
+    s_idx, _ = _sampler(batch_size=4).batch(0)
+    assert len({SKETCH_LABELS[i] for i in s_idx}) == 4
+    s_idx, _ = _sampler(batch_size=6, classes_per_batch=2).batch(0)
+    assert sorted(Counter(SKETCH_LABELS[i] for i in s_idx).values()) == [3, 3]
+    with pytest.raises(ValueError, match="classes_per_batch"):
+        _sampler(batch_size=4, classes_per_batch=5)
+
+
+def test_class_balance_is_roughly_uniform():
+    # Class 5 has 20 sketches and class 2 one, but classes are drawn uniformly.
+    counts = Counter()
+    for s_idx, _ in islice(_sampler(batch_size=3, seed=0), 2000):
+        counts.update(SKETCH_LABELS[i] for i in s_idx)
+    freq = np.array([counts[c] for c in range(6)]) / sum(counts.values())
+    assert np.allclose(freq, 1 / 6, atol=0.02), freq
+
+
+def test_deterministic_for_a_seed():
+    a = list(islice(_sampler(seed=7), 20))
+    b = list(islice(_sampler(seed=7), 20))
+    c = list(islice(_sampler(seed=8), 20))
+    assert a == b and a != c
+
+
+def test_resume_continues_the_exact_sequence():
+    reference = list(islice(_sampler(seed=3), 30))
+    run = _sampler(seed=3)
+    first = list(islice(iter(run), 12))
+    state = run.state_dict()
+    assert state["step"] == 12 and state["seed"] == 3
+    resumed = _sampler(seed=999)  # the seed comes from the state
+    resumed.load_state_dict(state)
+    rest = list(islice(iter(resumed), 18))
+    assert first + rest == reference
+    with pytest.raises(ValueError, match="batch_size"):
+        _sampler(batch_size=5).load_state_dict(state)
+
+
+def test_num_batches_and_endless_len():
+    sampler = _sampler(num_batches=5)
+    assert len(sampler) == 5 and len(list(sampler)) == 5
+    assert list(sampler) == []  # the sequence is used up
+    with pytest.raises(TypeError):
+        len(_sampler())
+
+
+def test_no_eligible_class():
+    with pytest.raises(ValueError, match="both a sketch and a photo"):
+        PairedClassBatchSampler([0, 0], [1], batch_size=2)
