@@ -1,0 +1,363 @@
+"""A saved, searchable gallery of L2-normalised embeddings (exact cosine top-k search).
+
+On disk a `GalleryIndex` is a folder with two files::
+
+    embeddings.safetensors   one float32 tensor "embeddings" of shape (count, dim)
+    index.json               {"format": "hf-sbir-gallery-index", "format_version": 1, "dim", "count",
+                              "normalization": "l2", "similarity": "cosine",
+                              "model_name_or_path", "metadata": [one dict per row]}
+
+Search is exact: a chunked torch matmul with a running top-k, or faiss ``IndexFlatIP``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from hf_sbir.retrieval.embedding import IMAGE_EXTENSIONS, collect_items, embed_images
+
+__all__ = ["GalleryIndex", "build_gallery_index", "search_embeddings", "SEARCH_BACKENDS"]
+
+FORMAT_NAME = "hf-sbir-gallery-index"
+FORMAT_VERSION = 1
+EMBEDDINGS_FILE = "embeddings.safetensors"
+INDEX_FILE = "index.json"
+SEARCH_BACKENDS = ("auto", "torch", "faiss")
+# Similarity-matrix entries computed at once by the torch backend (2**25 floats = 128 MB).
+_SEARCH_ELEMENTS = 1 << 25
+_QUERY_BLOCK = 4096
+
+Backend = Literal["auto", "torch", "faiss"]
+
+
+def choose_backend(num_queries: int, num_gallery: int) -> str:
+    """The backend ``backend="auto"`` uses: ``"torch"``.
+
+    ``benchmarks/bench_search.py`` (exact top-10 over 10k and 1M random 512-d embeddings, query
+    batches of 1 and 64, 2-core CPU; table in BENCHMARKS.md) found the chunked torch matmul as
+    fast as or faster than faiss-cpu ``IndexFlatIP`` in every cell -- several times faster for
+    batched queries -- and it needs no second copy of the gallery. faiss stays available as
+    ``backend="faiss"``. The arguments are kept so the rule can depend on the sizes later.
+    """
+    return "torch"
+
+
+def _search_torch(
+    gallery: torch.Tensor, queries: torch.Tensor, k: int, chunk_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    num_queries, num_gallery = queries.shape[0], gallery.shape[0]
+    scores = torch.empty(num_queries, k, dtype=torch.float32)
+    indices = torch.empty(num_queries, k, dtype=torch.long)
+    query_block = min(max(num_queries, 1), _QUERY_BLOCK)
+    step = chunk_size or max(1024, _SEARCH_ELEMENTS // query_block)
+    for q_start in range(0, num_queries, query_block):
+        q = queries[q_start : q_start + query_block]
+        best_s = best_i = None
+        for g_start in range(0, num_gallery, step):
+            sims = q @ gallery[g_start : g_start + step].T
+            s, i = sims.topk(min(k, sims.shape[1]), dim=1)
+            i += g_start
+            if best_s is None:
+                best_s, best_i = s, i
+            else:
+                merged_s, merged_i = torch.cat([best_s, s], dim=1), torch.cat([best_i, i], dim=1)
+                best_s, pos = merged_s.topk(min(k, merged_s.shape[1]), dim=1)
+                best_i = merged_i.gather(1, pos)
+        scores[q_start : q_start + q.shape[0]] = best_s.float().cpu()
+        indices[q_start : q_start + q.shape[0]] = best_i.cpu()
+    return scores, indices
+
+
+def _build_faiss(gallery: torch.Tensor):
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError("backend='faiss' needs the faiss-cpu package: pip install faiss-cpu") from error
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    index.add(gallery.detach().cpu().float().contiguous().numpy())
+    return index
+
+
+def _search_faiss(index, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    scores, indices = index.search(queries.detach().cpu().float().contiguous().numpy(), k)
+    return torch.from_numpy(scores), torch.from_numpy(indices).long()
+
+
+def _check_search_args(gallery: torch.Tensor, queries: Any, k: int, backend: str) -> torch.Tensor:
+    if backend not in SEARCH_BACKENDS:
+        raise ValueError(f"backend must be one of {list(SEARCH_BACKENDS)}, got {backend!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    queries = torch.as_tensor(queries)
+    if queries.dim() == 1:
+        queries = queries[None]
+    if queries.dim() != 2 or queries.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"queries must be (Q, {gallery.shape[1]}) to match the gallery dim; got {tuple(queries.shape)}"
+        )
+    return queries.float()
+
+
+def search_embeddings(
+    gallery: torch.Tensor,
+    queries: Any,
+    k: int = 10,
+    backend: Backend = "auto",
+    chunk_size: int | None = None,
+    *,
+    faiss_index: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact inner-product top-k of ``queries (Q, D)`` against ``gallery (N, D)``.
+
+    Returns ``(scores, indices)``, both ``(Q, min(k, N))``, best first. With L2-normalised inputs
+    the scores are cosine similarities. Equal scores may come back in either order.
+
+    Args:
+        backend: ``"torch"`` (chunked matmul + running top-k merged across gallery chunks, so at
+            most ``4096 x chunk_size`` similarities exist at once), ``"faiss"`` (``IndexFlatIP``,
+            exact; ``faiss_index`` reuses a built one) or ``"auto"`` (`choose_backend`: torch,
+            the faster one in ``benchmarks/bench_search.py``).
+        chunk_size: gallery rows per torch chunk; default keeps a chunk near 32M similarities.
+    """
+    queries = _check_search_args(gallery, queries, k, backend)
+    k = min(k, gallery.shape[0])
+    if backend == "auto":
+        backend = choose_backend(queries.shape[0], gallery.shape[0])
+    if backend == "faiss":
+        return _search_faiss(faiss_index if faiss_index is not None else _build_faiss(gallery), queries, k)
+    return _search_torch(gallery, queries.to(gallery.device), k, chunk_size)
+
+
+class GalleryIndex:
+    """Embeddings of a gallery (``(N, D)`` float32, L2-normalised) with one metadata dict per item.
+
+    Args:
+        embeddings: ``(N, D)`` tensor (or array). Rows are L2-normalised here unless
+            ``normalize=False`` (then they must already be unit-norm for cosine scores).
+        metadata: N JSON-serialisable dicts, e.g. ``{"id", "label", "path"}``; default ``{}`` each.
+        model_name_or_path: the model that produced the embeddings (recorded in ``index.json``).
+
+    Example:
+        >>> index = build_gallery_index(model, "photos/", transform)
+        >>> index.save("gallery_index")
+        >>> scores, indices = GalleryIndex.load("gallery_index").search(sketch_embeddings, k=10)
+    """
+
+    def __init__(
+        self,
+        embeddings: Any,
+        metadata: Sequence[dict] | None = None,
+        model_name_or_path: str | None = None,
+        *,
+        normalize: bool = True,
+    ):
+        embeddings = torch.as_tensor(embeddings)
+        if embeddings.dim() != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] == 0:
+            raise ValueError(f"embeddings must be a non-empty (N, D) matrix, got shape {tuple(embeddings.shape)}")
+        embeddings = embeddings.detach().float().cpu()
+        self.embeddings = (F.normalize(embeddings, dim=1) if normalize else embeddings).contiguous()
+        if metadata is None:
+            metadata = [{} for _ in range(embeddings.shape[0])]
+        metadata = [dict(m) for m in metadata]
+        if len(metadata) != embeddings.shape[0]:
+            raise ValueError(f"got {len(metadata)} metadata entries for {embeddings.shape[0]} embeddings")
+        self.metadata = metadata
+        self.model_name_or_path = None if model_name_or_path is None else str(model_name_or_path)
+        self._faiss_index = None
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    def __repr__(self) -> str:
+        return f"GalleryIndex(count={len(self)}, dim={self.dim}, model_name_or_path={self.model_name_or_path!r})"
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def column(self, key: str, default: Any = None) -> list:
+        """``[m.get(key, default) for m in metadata]``, e.g. ``index.column("label")``."""
+        return [m.get(key, default) for m in self.metadata]
+
+    # ---------------------------------------------------------------------------------- search
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        backend: Backend = "auto",
+        chunk_size: int | None = None,
+        *,
+        normalize_queries: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact cosine top-k: ``(scores (Q, k), indices (Q, k))``, best first (see `search_embeddings`).
+
+        ``k`` is clipped to the gallery size. Queries are L2-normalised first unless
+        ``normalize_queries=False``. The faiss backend builds its ``IndexFlatIP`` on first use and
+        keeps it (a second copy of the embeddings in memory).
+        """
+        queries = _check_search_args(self.embeddings, queries, k, backend)
+        if normalize_queries:
+            queries = F.normalize(queries, dim=1)
+        if backend == "auto":
+            backend = choose_backend(queries.shape[0], len(self))
+        if backend == "faiss" and self._faiss_index is None:
+            self._faiss_index = _build_faiss(self.embeddings)
+        return search_embeddings(
+            self.embeddings, queries, k, backend, chunk_size, faiss_index=self._faiss_index
+        )
+
+    def results(self, indices: torch.Tensor, scores: torch.Tensor | None = None) -> list[list[dict]]:
+        """Metadata of search results: per query, a list of dicts (with ``"index"`` and ``"score"``)."""
+        out = []
+        for q, row in enumerate(indices.tolist()):
+            hits = []
+            for rank, i in enumerate(row):
+                hit = {"index": i, **self.metadata[i]}
+                if scores is not None:
+                    hit["score"] = float(scores[q, rank])
+                hits.append(hit)
+            out.append(hits)
+        return out
+
+    # ---------------------------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``embeddings.safetensors`` and ``index.json`` into ``directory`` (created if needed)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        info = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "dim": self.dim,
+            "count": len(self),
+            "dtype": "float32",
+            "normalization": "l2",
+            "similarity": "cosine",
+            "model_name_or_path": self.model_name_or_path,
+            "metadata": self.metadata,
+        }
+        try:
+            text = json.dumps(info, indent=1, ensure_ascii=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"gallery metadata must be JSON-serialisable: {error}") from error
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {"embeddings": self.embeddings.contiguous()},
+            str(directory / EMBEDDINGS_FILE),
+            metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
+        )
+        (directory / INDEX_FILE).write_text(text, encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, expected_dim: int | None = None) -> GalleryIndex:
+        """Read a folder written by `save`.
+
+        Raises:
+            FileNotFoundError: the folder or one of its two files is missing.
+            ValueError: a file is corrupt, the two files disagree (count / dim), the format is
+                unknown or newer, or ``expected_dim`` (e.g. your model's embedding size) differs.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"no gallery index folder at {directory}")
+        for name in (INDEX_FILE, EMBEDDINGS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(
+                    f"{directory} is not a gallery index: {name} is missing (expected {INDEX_FILE} + {EMBEDDINGS_FILE})"
+                )
+        try:
+            info = json.loads((directory / INDEX_FILE).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"corrupt {directory / INDEX_FILE}: {error}") from error
+        if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
+            raise ValueError(f"{directory / INDEX_FILE} is not a {FORMAT_NAME} file")
+        version = info.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(
+                f"{directory} has format_version {version!r}; this hf-sbir reads up to {FORMAT_VERSION} (upgrade hf-sbir)"
+            )
+        try:
+            tensors = load_file(str(directory / EMBEDDINGS_FILE))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ValueError(f"corrupt {directory / EMBEDDINGS_FILE}: {error}") from error
+        if "embeddings" not in tensors:
+            raise ValueError(f"{directory / EMBEDDINGS_FILE} has no 'embeddings' tensor (found {sorted(tensors)})")
+        embeddings = tensors["embeddings"]
+        dim, count, metadata = info.get("dim"), info.get("count"), info.get("metadata")
+        if embeddings.dim() != 2 or list(embeddings.shape) != [count, dim]:
+            raise ValueError(
+                f"{directory}: embeddings have shape {tuple(embeddings.shape)} but {INDEX_FILE} says "
+                f"count={count}, dim={dim}"
+            )
+        if not isinstance(metadata, list) or len(metadata) != count:
+            raise ValueError(f"{directory}: {INDEX_FILE} metadata must be a list of {count} entries")
+        if expected_dim is not None and dim != expected_dim:
+            raise ValueError(
+                f"{directory}: the index has dim {dim} but {expected_dim} was expected "
+                f"(built with model {info.get('model_name_or_path')!r})"
+            )
+        return cls(embeddings, metadata, info.get("model_name_or_path"), normalize=False)
+
+
+def _model_name(model: Any) -> str | None:
+    name = getattr(model, "name_or_path", None)
+    if not name:
+        name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return name or None
+
+
+def build_gallery_index(
+    model: torch.nn.Module,
+    dataset_or_folder: Any,
+    transform,
+    batch_size: int = 64,
+    *,
+    domain: str = "photo",
+    model_name_or_path: str | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    image_column: str = "image",
+    label_column: str = "label",
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    model_kwargs: dict | None = None,
+    desc: str | None = None,
+) -> GalleryIndex:
+    """Embed a photo gallery once and wrap it in a `GalleryIndex`.
+
+    Args:
+        dataset_or_folder: a `datasets.Dataset` split (image column + optional label/id columns)
+            or a folder of images (recursive; label = top-level sub-folder; see
+            `hf_sbir.retrieval.embedding.collect_items` for the metadata kept), or a list of paths.
+        transform: ``transform(pil_image, domain) -> (3, H, W)`` tensor.
+        domain: passed to ``transform`` (``"photo"`` for a photo gallery).
+        model_name_or_path: recorded in ``index.json``; default ``model.name_or_path``.
+        desc: progress-bar label.
+    Other arguments as in `embed_images`.
+    """
+    images, metadata = collect_items(
+        dataset_or_folder, image_column=image_column, label_column=label_column, extensions=extensions
+    )
+    embeddings = embed_images(
+        model,
+        images,
+        transform,
+        domain,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        image_column=image_column,
+        model_kwargs=model_kwargs,
+        desc=desc or f"embedding gallery ({domain})",
+    )
+    return GalleryIndex(embeddings, metadata, model_name_or_path or _model_name(model), normalize=False)

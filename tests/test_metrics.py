@@ -1,0 +1,327 @@
+"""Retrieval metrics against worked examples computed by hand (arithmetic in the comments)."""
+
+import importlib
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from hf_sbir.metrics import (
+    METRIC_NAMES,
+    accuracy_at_k,
+    evaluate_module_path,
+    instance_metrics,
+    load_metric,
+    mean_average_precision,
+    precision_at_k,
+    retrieval_metrics,
+)
+
+# One query of class 1 against a gallery of 6. Scores strictly decrease with the gallery index,
+# so the ranking is the gallery order and the ranked relevance is the label pattern below.
+SCORES = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
+GALLERY = torch.tensor([1, 0, 1, 0, 0, 1])  # rel = [1, 0, 1, 0, 0, 1], R = 3
+QUERY = torch.tensor([1])
+# P@i at the relevant ranks: P@1 = 1/1, P@3 = 2/3, P@6 = 3/6.
+
+
+def test_map_all_textbook():
+    # AP = (1/R) * sum P@i rel_i = (1/1 + 2/3 + 3/6) / 3 = 2.1667 / 3 = 0.72222
+    assert mean_average_precision(SCORES, QUERY, GALLERY) == pytest.approx((1 + 2 / 3 + 3 / 6) / 3)
+    assert mean_average_precision(SCORES, QUERY, GALLERY) == pytest.approx(0.7222222)
+
+
+def test_map_at_k_every_normaliser():
+    # top 3: rel = [1, 0, 1]; sum P@i rel_i = 1/1 + 2/3 = 1.6667; hits@3 = 2, R = 3
+    # retrieved:      1.6667 / hits@3       = 1.6667 / 2 = 0.83333
+    # min_k_relevant: 1.6667 / min(3, R=3)  = 1.6667 / 3 = 0.55556
+    # total_relevant: 1.6667 / R            = 1.6667 / 3 = 0.55556
+    assert mean_average_precision(SCORES, QUERY, GALLERY, k=3) == pytest.approx((1 + 2 / 3) / 2)
+    assert mean_average_precision(SCORES, QUERY, GALLERY, k=3, normalize="min_k_relevant") == pytest.approx(
+        (1 + 2 / 3) / 3
+    )
+    assert mean_average_precision(SCORES, QUERY, GALLERY, k=3, normalize="total_relevant") == pytest.approx(
+        (1 + 2 / 3) / 3
+    )
+    # top 2: rel = [1, 0]; sum = 1/1 = 1; hits@2 = 1, min(2, R) = 2, R = 3
+    # retrieved: 1/1 = 1.0; min_k_relevant: 1/2 = 0.5; total_relevant: 1/3 = 0.33333
+    assert mean_average_precision(SCORES, QUERY, GALLERY, k=2) == pytest.approx(1.0)
+    assert mean_average_precision(SCORES, QUERY, GALLERY, k=2, normalize="min_k_relevant") == pytest.approx(0.5)
+    assert mean_average_precision(SCORES, QUERY, GALLERY, k=2, normalize="total_relevant") == pytest.approx(1 / 3)
+
+
+def test_map_at_k_no_relevant_in_top_k_is_zero():
+    # Gallery ranked [0, 1, 1]: top 1 has no relevant item -> AP@1 = 0 for every normaliser.
+    scores = torch.tensor([[3.0, 2.0, 1.0]])
+    for normalize in ("retrieved", "min_k_relevant", "total_relevant"):
+        assert mean_average_precision(scores, [1], [0, 1, 1], k=1, normalize=normalize) == 0.0
+
+
+def test_precision_at_k_and_variant():
+    # P@3 = hits@3 / 3 = 2/3; P@2 = 1/2; P@6 = 3/6
+    assert precision_at_k(SCORES, QUERY, GALLERY, 3) == pytest.approx(2 / 3)
+    assert precision_at_k(SCORES, QUERY, GALLERY, 2) == pytest.approx(1 / 2)
+    assert precision_at_k(SCORES, QUERY, GALLERY, 6) == pytest.approx(3 / 6)
+    # min_k_relevant at k=6: hits@6 / min(6, R=3) = 3/3 = 1; at k=2: 1 / min(2, 3) = 0.5
+    assert precision_at_k(SCORES, QUERY, GALLERY, 6, normalize="min_k_relevant") == pytest.approx(1.0)
+    assert precision_at_k(SCORES, QUERY, GALLERY, 2, normalize="min_k_relevant") == pytest.approx(0.5)
+
+
+def test_gallery_smaller_than_k_clips_k():
+    # k = 100 > G = 6 -> k is clipped to 6.
+    # P@100 = hits@6 / 6 = 3/6 = 0.5 (not 3/100)
+    assert precision_at_k(SCORES, QUERY, GALLERY, 100) == pytest.approx(0.5)
+    # mAP@100 = AP over all 6 with N = hits@6 = 3 -> equals AP@all = 0.72222
+    assert mean_average_precision(SCORES, QUERY, GALLERY, k=100) == pytest.approx(0.7222222)
+    # min_k_relevant: N = min(6, 3) = 3 -> 0.72222 as well
+    assert mean_average_precision(SCORES, QUERY, GALLERY, k=100, normalize="min_k_relevant") == pytest.approx(
+        0.7222222
+    )
+    # Acc@100 with G = 6 -> every target is inside the (clipped) top 6
+    assert accuracy_at_k(SCORES, [5], 100) == 1.0
+
+
+def test_ties_break_by_gallery_index():
+    # All scores equal -> ranking = gallery order [0..5] -> identical to the worked example.
+    tied = torch.zeros(1, 6)
+    assert mean_average_precision(tied, QUERY, GALLERY) == pytest.approx(0.7222222)
+    # Partial tie: scores [1, 2, 2, 2, 0, 0], labels [1, 1, 0, 1, 0, 0] for a class-1 query.
+    # Stable sort, descending: the tie {1, 2, 3} at 2.0 keeps index order, then 0 (1.0), then the
+    # tie {4, 5} at 0.0 -> ranking [1, 2, 3, 0, 4, 5]
+    # rel = [1, 0, 1, 1, 0, 0]; P@1 = 1, P@3 = 2/3, P@4 = 3/4
+    # AP = (1 + 2/3 + 3/4) / 3 = 2.41667 / 3 = 0.80556
+    scores = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.0, 0.0]])
+    labels = [1, 1, 0, 1, 0, 0]
+    assert mean_average_precision(scores, [1], labels) == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
+    # P@2 over ranking [1, 2]: one relevant -> 1/2
+    assert precision_at_k(scores, [1], labels, 2) == pytest.approx(0.5)
+    # Acc@1 with target 3 (score 2.0): items 1 and 2 tie with it at lower indices -> rank 2 (0-based)
+    assert accuracy_at_k(scores, [3], 2) == 0.0 and accuracy_at_k(scores, [3], 3) == 1.0
+    # target 1 wins the tie (lowest index among equals) -> Acc@1 = 1
+    assert accuracy_at_k(scores, [1], 1) == 1.0
+
+
+def test_ties_independent_of_chunking():
+    torch.manual_seed(0)
+    scores = torch.randint(0, 3, (37, 50)).float()  # many ties
+    q = torch.randint(0, 4, (37,))
+    g = torch.randint(0, 4, (50,))
+    whole = retrieval_metrics(scores, q, g, map_ks=(10,), precision_ks=(5,), chunk_size=1000)
+    chunked = retrieval_metrics(scores, q, g, map_ks=(10,), precision_ks=(5,), chunk_size=4)
+    assert whole == chunked
+
+
+def test_fast_cpu_ranking_equals_stable_torch_sort():
+    # The CPU path sorts int64 keys built from the float bits; it must equal torch's stable sort
+    # (score descending, index ascending), including -0.0 == 0.0, infinities and subnormals.
+    rm = importlib.import_module("hf_sbir.metrics.retrieval_metrics")
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(-3, 4, (6, 300), generator=gen).float() * 0.5
+    scores[0, :5] = -0.0
+    scores[1, :3] = float("-inf")
+    scores[2, :2] = float("inf")
+    scores[3, :4] = 1e-40
+    scores[4, :4] = -1e-40
+    scores[5] = torch.randn(300, generator=gen)
+    expected = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    assert torch.equal(rm.ranking_order(scores), expected)
+    # float64 scores are ranked in float64 (no rounding to float32 that could create ties)
+    close = torch.tensor([[1.0, 1.0 + 1e-12]], dtype=torch.float64)
+    assert rm.ranking_order(close).tolist() == [[1, 0]]
+    assert mean_average_precision(close, [1], [0, 1]) == 1.0
+
+
+def test_no_relevant_queries_zero_or_excluded():
+    # Two queries: class 1 (the worked example, AP 0.72222) and class 7, absent from the gallery.
+    scores = SCORES.repeat(2, 1)
+    q = [1, 7]
+    # zero (default): mean over both queries = (0.72222 + 0) / 2 = 0.36111
+    assert mean_average_precision(scores, q, GALLERY) == pytest.approx(0.7222222 / 2)
+    # exclude: mean over the one query with relevant items = 0.72222
+    assert mean_average_precision(scores, q, GALLERY, no_relevant="exclude") == pytest.approx(0.7222222)
+    per_query = mean_average_precision(scores, q, GALLERY, no_relevant="exclude", reduction="none")
+    assert per_query[0] == pytest.approx(0.7222222) and math.isnan(per_query[1])
+    # P@3: zero -> (2/3 + 0) / 2 = 1/3; exclude -> 2/3
+    assert precision_at_k(scores, q, GALLERY, 3) == pytest.approx(1 / 3)
+    assert precision_at_k(scores, q, GALLERY, 3, no_relevant="exclude") == pytest.approx(2 / 3)
+    # all queries excluded -> nan
+    assert math.isnan(mean_average_precision(SCORES, [7], GALLERY, no_relevant="exclude"))
+    out = retrieval_metrics(scores, q, GALLERY, no_relevant="exclude")
+    assert out["num_excluded_queries"] == 1
+    assert out["map@all"] == pytest.approx(0.7222222)
+
+
+def test_accuracy_at_k_hand_example():
+    # 3 queries x 4 gallery items; target of each query and its 0-based rank:
+    # q0 scores [0.9, 0.1, 0.2, 0.3], target 0 -> rank 0
+    # q1 scores [0.5, 0.4, 0.9, 0.1], target 1 -> beaten by 0.9 and 0.5 -> rank 2
+    # q2 scores [0.2, 0.8, 0.6, 0.7], target 0 -> beaten by 3 items -> rank 3
+    scores = torch.tensor([[0.9, 0.1, 0.2, 0.3], [0.5, 0.4, 0.9, 0.1], [0.2, 0.8, 0.6, 0.7]])
+    target = [0, 1, 0]
+    # Acc@1 = 1/3 (q0); Acc@3 = 2/3 (q0, q1); Acc@4 = 3/3
+    assert accuracy_at_k(scores, target, 1) == pytest.approx(1 / 3)
+    assert accuracy_at_k(scores, target, 3) == pytest.approx(2 / 3)
+    assert accuracy_at_k(scores, target, 4) == 1.0
+    assert accuracy_at_k(scores, target, 1, reduction="none").tolist() == [1.0, 0.0, 0.0]
+    assert instance_metrics(scores, target) == {
+        "acc@1": pytest.approx(1 / 3),
+        "acc@5": 1.0,  # k = 5 clipped to G = 4
+        "acc@10": 1.0,
+    }
+
+
+def test_exclude_self_removes_the_query_from_its_gallery():
+    # 3 items, classes [0, 0, 1]; similarity = self 1.0, others as below.
+    scores = torch.tensor([[1.0, 0.2, 0.5], [0.2, 1.0, 0.1], [0.5, 0.1, 1.0]])
+    labels = [0, 0, 1]
+    # query 0, gallery {1, 2}: ranked [2 (0.5), 1 (0.2)], rel = [0, 1] -> AP = (1/2) / 1 = 0.5
+    # query 1, gallery {0, 2}: ranked [0 (0.2), 2 (0.1)], rel = [1, 0] -> AP = 1
+    # query 2, gallery {0, 1}: no item of class 1 -> R = 0 -> AP 0 (no_relevant="zero")
+    # mAP = (0.5 + 1 + 0) / 3 = 0.5
+    assert mean_average_precision(scores, labels, labels, exclude_self=True) == pytest.approx(0.5)
+    assert mean_average_precision(scores, labels, labels, exclude_self=True, no_relevant="exclude") == pytest.approx(
+        0.75
+    )
+    # P@1: q0 -> 0, q1 -> 1, q2 -> 0 -> 1/3; k = 5 clips to G - 1 = 2: hits@2 / 2 = (1/2 + 1/2 + 0) / 3
+    assert precision_at_k(scores, labels, labels, 1, exclude_self=True) == pytest.approx(1 / 3)
+    assert precision_at_k(scores, labels, labels, 5, exclude_self=True) == pytest.approx(1 / 3)
+    # Masking the diagonal with -inf is *not* the same: the self item stays relevant, ranked last.
+    masked = scores.clone().fill_diagonal_(float("-inf"))
+    # q0: ranked [2, 1, 0], rel [0, 1, 1] -> (1/2 + 2/3) / 2 = 0.58333 (not 0.5)
+    assert mean_average_precision(masked[:1], [0], labels) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    with pytest.raises(ValueError, match="same set"):
+        mean_average_precision(scores[:2], labels[:2], labels, exclude_self=True)
+
+
+def test_retrieval_metrics_dict_and_per_class():
+    # Two classes, string labels; 4 queries x 6 gallery items.
+    scores = torch.tensor(
+        [
+            [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],  # "cat": gallery ranked 0..5
+            [0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # "cat": gallery ranked 5..0
+            [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],  # "dog"
+            [0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # "dog"
+        ]
+    )
+    queries = ["cat", "cat", "dog", "dog"]
+    gallery = ["cat", "dog", "cat", "dog", "dog", "cat"]
+    # cat rel (forward) [1,0,1,0,0,1] -> AP = 0.72222 (worked example)
+    # cat rel (reverse) [1,0,0,1,0,1] -> AP = (1 + 2/4 + 3/6) / 3 = 0.66667
+    # dog rel (forward) [0,1,0,1,1,0] -> AP = (1/2 + 2/4 + 3/5) / 3 = 0.53333
+    # dog rel (reverse) [0,1,1,0,1,0] -> AP = (1/2 + 2/3 + 3/5) / 3 = 0.58889
+    out = retrieval_metrics(scores, queries, gallery, map_ks=(200,), precision_ks=(100, 200))
+    expected = {"cat": (0.7222222 + 2 / 3) / 2, "dog": (0.5333333 + 0.5888889) / 2}
+    assert out["map@all"] == pytest.approx(sum(expected.values()) / 2)
+    assert out["map@200"] == pytest.approx(out["map@all"])  # k clipped to G = 6
+    assert out["p@100"] == pytest.approx(0.5) and out["p@200"] == pytest.approx(0.5)  # 3 of 6 for everyone
+    assert {row["label"]: row["map@all"] for row in out["per_class"]} == pytest.approx(expected)
+    cat = next(row for row in out["per_class"] if row["label"] == "cat")
+    assert cat["num_queries"] == 2 and cat["num_gallery_relevant"] == 3 and cat["p@100"] == pytest.approx(0.5)
+    assert out["num_queries"] == 4 and out["num_gallery"] == 6
+
+
+def test_chunked_equals_reference_on_random_data():
+    # Reference: a direct per-query Python implementation of the same definitions.
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randn(23, 40, generator=gen)
+    q = torch.randint(0, 5, (23,), generator=gen)
+    g = torch.randint(0, 5, (40,), generator=gen)
+    ref_all, ref_k, ref_p = [], [], []
+    for i in range(23):
+        order = sorted(range(40), key=lambda j: (-scores[i, j].item(), j))
+        rel = [int(g[j] == q[i]) for j in order]
+        hits, ap_terms = 0, []
+        for rank, r in enumerate(rel, start=1):
+            hits += r
+            ap_terms.append(hits / rank if r else 0.0)
+        total = sum(rel)
+        ref_all.append(sum(ap_terms) / total if total else 0.0)
+        hk = sum(rel[:10])
+        ref_k.append(sum(ap_terms[:10]) / hk if hk else 0.0)
+        ref_p.append(sum(rel[:7]) / 7)
+    for chunk in (None, 1, 5):
+        assert mean_average_precision(scores, q, g, chunk_size=chunk) == pytest.approx(np.mean(ref_all))
+        assert mean_average_precision(scores, q, g, k=10, chunk_size=chunk) == pytest.approx(np.mean(ref_k))
+        assert precision_at_k(scores, q, g, 7, chunk_size=chunk) == pytest.approx(np.mean(ref_p))
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="normalize"):
+        mean_average_precision(SCORES, QUERY, GALLERY, k=3, normalize="bogus")
+    with pytest.raises(ValueError, match="2-D"):
+        mean_average_precision(torch.zeros(6), QUERY, GALLERY)
+    with pytest.raises(ValueError, match="gallery labels"):
+        mean_average_precision(SCORES, QUERY, GALLERY[:5])
+    with pytest.raises(ValueError, match="NaN"):
+        mean_average_precision(torch.tensor([[float("nan"), 1.0]]), [0], [0, 1])
+    with pytest.raises(ValueError, match="target_index"):
+        accuracy_at_k(SCORES, [6], 1)
+    with pytest.raises(ValueError, match="positive"):
+        precision_at_k(SCORES, QUERY, GALLERY, 0)
+
+
+def test_large_gallery_is_processed_in_chunks(monkeypatch):
+    # The default chunk keeps queries x gallery near 4M entries: 300 x 20k = 6M -> 2+ chunks.
+    # (importlib: the attribute `hf_sbir.metrics.retrieval_metrics` is the function of that name)
+    rm = importlib.import_module("hf_sbir.metrics.retrieval_metrics")
+
+    calls = []
+    original = rm.chunk_ranking_stats
+    monkeypatch.setattr(rm, "chunk_ranking_stats", lambda s, *a, **kw: calls.append(s.shape) or original(s, *a, **kw))
+    scores = torch.rand(300, 20_000)
+    rm.retrieval_metrics(scores, torch.zeros(300, dtype=torch.long), torch.randint(0, 3, (20_000,)), per_class=False)
+    assert len(calls) >= 2 and all(rows * cols <= rm._CHUNK_ELEMENTS for rows, cols in calls)
+
+
+# ------------------------------------------------------------------------------ evaluate modules
+@pytest.fixture
+def offline(monkeypatch):
+    import evaluate
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+
+
+def test_evaluate_modules_load_offline_and_match(offline):
+    import evaluate
+
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(8, 12, generator=gen)
+    q = torch.randint(0, 3, (8,), generator=gen)
+    g = torch.randint(0, 3, (12,), generator=gen)
+    target = torch.randint(0, 12, (8,), generator=gen)
+    preds = scores.tolist()
+
+    sbir_map = evaluate.load(evaluate_module_path("sbir_map"), keep_in_memory=True)
+    assert isinstance(sbir_map, evaluate.Metric)
+    assert sbir_map.compute(predictions=preds, references=q.tolist(), gallery_labels=g.tolist())[
+        "map@all"
+    ] == pytest.approx(mean_average_precision(scores, q, g))
+    out = load_metric("sbir_map", keep_in_memory=True).compute(
+        predictions=preds, references=q.tolist(), gallery_labels=g.tolist(), k=5, normalize="min_k_relevant"
+    )
+    assert out == {"map@5": pytest.approx(mean_average_precision(scores, q, g, k=5, normalize="min_k_relevant"))}
+
+    precision = load_metric("sbir_precision", keep_in_memory=True)
+    for start in range(0, 8, 3):  # batched accumulation, as in an eval loop
+        precision.add_batch(predictions=preds[start : start + 3], references=q[start : start + 3].tolist())
+    assert precision.compute(gallery_labels=g.tolist(), k=4) == {"p@4": pytest.approx(precision_at_k(scores, q, g, 4))}
+
+    accuracy = load_metric("sbir_accuracy_at_k", keep_in_memory=True)
+    assert accuracy.compute(predictions=preds, references=target.tolist(), k=[1, 3]) == pytest.approx(
+        instance_metrics(scores, target, ks=(1, 3))
+    )
+
+
+def test_load_metric_names():
+    assert METRIC_NAMES == ("sbir_map", "sbir_precision", "sbir_accuracy_at_k")
+    with pytest.raises(ValueError, match="unknown SBIR metric"):
+        load_metric("accuracy")
