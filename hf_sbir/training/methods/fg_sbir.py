@@ -1,0 +1,522 @@
+"""FG-SBIR's part of the training loop: the stronger fine-grained baseline (Sain et al., CVPR 2023).
+
+Each step trains on B training pairs (photo i and its sketches), drawn from (seed, step) only:
+
+    sketch s_i, another sketch of photo i (s_i+), a sketch of another photo j (s_j)
+    photo p_i, a structurally augmented view of p_i (p_i+), the other photo p_j
+    -> eq. 5: L_CM(s_i, p_i, p_j) + lambda1 L_IM^photo(p_i, p_i+, p_j) + lambda2 L_IM^sketch(s_i, s_i+, s_j)
+
+After every optimiser step the EMA copy is updated (eq. 4); it is the model that is evaluated and
+exported. With `distillation: true`, `setup` first trains a photo-only teacher with L_IM^photo on
+unlabelled photos (augmented views as positives, other photos as negatives) and caches it in
+`<output_dir>/teacher`; the student then adds lambda_KD L_KD, computed on its distillation-token
+embeddings against the teacher's embeddings in three ways (project page): (i) unlabelled photos,
+(ii) the batch's labelled photos, (iii) the batch's sketches against the teacher's view of their
+paired photos.
+
+Method settings (`method_args`, all optional):
+    distillation (bool, False): teacher stage + L_KD. Also turns the distillation token on (without
+        distillation the token would have nothing to learn from, and would be an unused parameter under DDP),
+        unless `use_distillation_token` is given.
+    unlabelled_photos (str): folder of unlabelled photos (searched recursively; e.g. UT-Zappos50K for shoes);
+        default: the training split's photos, with a warning.
+    max_unlabelled_photos (int): use the first N of them.
+    teacher_iterations (int, 500), teacher_learning_rate (float, args.learning_rate),
+    teacher_batch_size (int, args.batch_size): the teacher stage.
+    unlabelled_per_step (int, args.batch_size): unlabelled photos per student step for (i); 0 disables (i).
+    use_ema (bool, True): evaluate and export the EMA weights (False: the raw weights).
+    on_unmatched ("raise"): what the paired loader does with sketches that pair with no photo.
+    Config fields (copied into the model config): cross_modal_margin, photo_margin, sketch_margin,
+    photo_intra_weight, sketch_intra_weight, distillation_weight, distillation_temperature,
+    distillation_neighbours, ema_decay, embedding_dim, use_distillation_token.
+
+Data: `args.dataset` is a fine-grained folder (`hf_sbir.data.fg_paired`). The shared loop loads
+`args.dataset` with the category-level loader before the method sees it; `load_data()` here is the
+fine-grained loader, and `setup` / `evaluate` load the paired data themselves when the `data` they are
+given has no `pair_id` column.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from hf_sbir.training.method import TrainingMethod
+
+logger = logging.getLogger("hf_sbir")
+
+# method_args keys that are FGSBIRConfig fields.
+_CONFIG_KEYS = (
+    "cross_modal_margin",
+    "photo_margin",
+    "sketch_margin",
+    "photo_intra_weight",
+    "sketch_intra_weight",
+    "distillation_weight",
+    "distillation_temperature",
+    "distillation_neighbours",
+    "ema_decay",
+    "embedding_dim",
+    "use_distillation_token",
+)
+_METHOD_KEYS = (
+    "distillation",
+    "unlabelled_photos",
+    "max_unlabelled_photos",
+    "teacher_iterations",
+    "teacher_learning_rate",
+    "teacher_batch_size",
+    "unlabelled_per_step",
+    "use_ema",
+    "on_unmatched",
+)
+KS = (1, 5, 10)
+
+
+# -- EMA (eq. 4) --------------------------------------------------------------------------------------
+class ModelEMA:
+    """Exponential moving average of a model's weights, eq. 4: theta_ema <- beta * theta_ema + (1 - beta) * theta.
+
+    `ModelEMA(model, decay)` starts from a copy of `model`; `update(model)` applies eq. 4 to every floating-point
+    parameter and copies the buffers (e.g. BatchNorm statistics). `ema.model` is the averaged model (eval mode, no
+    gradients).
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1); got {decay!r}.")
+        self.decay = float(decay)
+        self.model = copy.deepcopy(_unwrap(model)).eval()
+        self.model.requires_grad_(False)
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        model = _unwrap(model)
+        ema_params = dict(self.model.named_parameters())
+        ema_buffers = dict(self.model.named_buffers())
+        for name, param in model.named_parameters():
+            ema = ema_params[name]
+            if ema.device != param.device:
+                self.model.to(param.device)
+                ema_params = dict(self.model.named_parameters())
+                ema_buffers = dict(self.model.named_buffers())
+                ema = ema_params[name]
+            if ema.is_floating_point():
+                ema.mul_(self.decay).add_(param.detach().to(ema.dtype), alpha=1.0 - self.decay)
+            else:
+                ema.copy_(param)
+        for name, buffer in model.named_buffers():
+            if name in ema_buffers:
+                ema_buffers[name].copy_(buffer)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "num_updates": self.num_updates, "weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = float(state["decay"])
+        self.num_updates = int(state["num_updates"])
+        self.model.load_state_dict(state["weights"])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP / accelerate wrapper."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+# -- structural augmentation (the positive of eq. 2) ------------------------------------------------
+def structural_augment(
+    image: Image.Image,
+    rng: random.Random,
+    max_rotation: float = 15.0,
+    scale_range: tuple[float, float] = (0.85, 1.15),
+    max_shear: float = 10.0,
+    max_translation: float = 0.08,
+    flip_probability: float = 0.5,
+    fill=(255, 255, 255),
+) -> Image.Image:
+    """A shape-changing view of a photo for the photo intra-modal triplet (eq. 2): the paper picks "morphological"
+    augmentations, which alter shape (what a sketch carries) rather than colour. A random affine map (rotation,
+    isotropic scale, shear, translation, about the centre) and a horizontal flip, drawn from `rng`; uncovered
+    pixels are filled with white (product photos are on white)."""
+    img = image.convert("RGB")
+    width, height = img.size
+    angle = math.radians(rng.uniform(-max_rotation, max_rotation))
+    scale = rng.uniform(*scale_range)
+    shear = math.radians(rng.uniform(-max_shear, max_shear))
+    tx, ty = rng.uniform(-max_translation, max_translation) * width, rng.uniform(-max_translation, max_translation) * height
+    if rng.random() < flip_probability:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    # Forward map y = A (x - c) + c + t with A = scale * R(angle) @ Shear(shear); PIL wants the inverse.
+    cos, sin, tan = math.cos(angle), math.sin(angle), math.tan(shear)
+    a, b, c, d = scale * cos, scale * (cos * tan - sin), scale * sin, scale * (sin * tan + cos)
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    cx, cy = width / 2.0, height / 2.0
+    ox, oy = cx + tx, cy + ty
+    coefficients = (ia, ib, cx - ia * ox - ib * oy, ic, id_, cy - ic * ox - id_ * oy)
+    return img.transform((width, height), Image.Transform.AFFINE, coefficients, resample=Image.Resampling.BILINEAR, fillcolor=fill)
+
+
+# -- fine-grained evaluation (Acc@q) ----------------------------------------------------------------
+def fine_grained_accuracy(sketch_embeddings: torch.Tensor, photo_embeddings: torch.Tensor, target_index, ks=KS) -> dict[str, float]:
+    """Acc@q: the share of sketches whose paired photo (`target_index[i]`, a gallery index) ranks in the top q of
+    the cosine scores; ties go against the target (`hf_sbir.metrics.accuracy_at_k`)."""
+    from hf_sbir.metrics import accuracy_at_k
+
+    scores = sketch_embeddings @ photo_embeddings.T
+    return {f"acc@{k}": float(accuracy_at_k(scores, target_index, k)) for k in ks}
+
+
+def evaluate_fine_grained(
+    model: nn.Module,
+    dataset,
+    transform,
+    batch_size: int = 32,
+    max_queries: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    ks=KS,
+) -> dict[str, Any]:
+    """Acc@1/5/10 of `model` on one fine-grained split (sketches query, every photo of the split is the gallery).
+
+    Returns {"task", "metrics": {"acc@1", "acc@5", "acc@10"}, "per_class": [], "num_queries", "num_gallery"}."""
+    from hf_sbir.data.fg_paired import fine_grained_split
+    from hf_sbir.retrieval import embed_images
+
+    sketches, photos, targets = fine_grained_split(dataset)
+    if max_queries is not None and len(sketches) > max_queries:
+        keep = sorted(random.Random(seed).sample(range(len(sketches)), max_queries))
+        sketches, targets = sketches.select(keep), [targets[i] for i in keep]
+    q = embed_images(model, sketches, transform, "sketch", batch_size=batch_size, progress=progress, desc="embed sketches")
+    g = embed_images(model, photos, transform, "photo", batch_size=batch_size, progress=progress, desc="embed photos")
+    return {
+        "task": "fine-grained sketch->photo retrieval (Acc@q: share of sketches whose paired photo is in the top q)",
+        "metrics": fine_grained_accuracy(q, g, targets, ks),
+        "per_class": [],
+        "num_queries": len(sketches),
+        "num_gallery": len(photos),
+    }
+
+
+# -- teacher stage ------------------------------------------------------------------------------------
+def train_photo_teacher(
+    teacher: nn.Module,
+    photos,
+    transform,
+    iterations: int,
+    batch_size: int,
+    learning_rate: float,
+    margin: float,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> list[float]:
+    """Teacher pre-training on unlabelled photos with the photo intra-modal triplet (eq. 2): anchor = photo, positive
+    = its structurally augmented view, negative = the next photo of the batch. Batches depend on (seed, step) only.
+    Returns the loss of each step."""
+    from hf_sbir.losses.fg_sbir import photo_intra_modal_triplet_loss
+
+    if len(photos) < 2:
+        raise ValueError(f"The teacher needs at least 2 unlabelled photos; got {len(photos)}.")
+    teacher.to(device).train()
+    optimizer = torch.optim.Adam([p for p in teacher.parameters() if p.requires_grad], lr=learning_rate)
+    size = min(batch_size, len(photos))
+    history = []
+    for step in range(iterations):
+        rng = random.Random(f"fg_sbir-teacher:{seed}:{step}")
+        images = photos.select(rng.sample(range(len(photos)), size))["image"]
+        views = [structural_augment(img, rng) for img in images]
+        pixels = transform.batch(list(images) + views, ["photo"] * (2 * size)).to(device)
+        embeddings = teacher(pixel_values=pixels).embeddings
+        anchor, positive = embeddings[:size], embeddings[size:]
+        loss = photo_intra_modal_triplet_loss(anchor, positive, anchor.roll(1, dims=0), margin)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(float(loss.detach()))
+    return history
+
+
+class FGSBIRMethod(TrainingMethod):
+    name = "fg_sbir"
+
+    def __init__(self, args):
+        super().__init__(args)
+        method_args = dict(args.method_args or {})
+        unknown = set(method_args) - set(_CONFIG_KEYS) - set(_METHOD_KEYS)
+        if unknown:
+            raise ValueError(f"Unknown fg_sbir method_args {sorted(unknown)}; known: {sorted(_CONFIG_KEYS + _METHOD_KEYS)}.")
+        self.method_args = method_args
+        self.distillation = bool(method_args.get("distillation", False))
+        self.use_ema = bool(method_args.get("use_ema", True))
+        self._data = None
+        self.transform = None
+        self.ema: ModelEMA | None = None
+        self.teacher: nn.Module | None = None
+        self.unlabelled = None
+        self._pending_state: dict | None = None
+
+    # -- model ------------------------------------------------------------------------------------
+    def _config_kwargs(self) -> dict:
+        kwargs = dict(self.args.model_config or {})
+        kwargs.update({k: v for k, v in self.method_args.items() if k in _CONFIG_KEYS})
+        kwargs.setdefault("use_distillation_token", self.distillation)
+        if self.distillation and not kwargs["use_distillation_token"]:
+            raise ValueError("distillation needs the distillation token (use_distillation_token=True).")
+        return kwargs
+
+    def build_model(self):
+        from transformers import AutoModel
+
+        from hf_sbir.models.fg_sbir import FGSBIRConfig, FGSBIRModel
+
+        kwargs = self._config_kwargs()
+        if self.args.init_model:
+            model = AutoModel.from_pretrained(self.args.init_model)
+            if not isinstance(model, FGSBIRModel):
+                raise ValueError(f"init_model {self.args.init_model!r} is a {type(model).__name__}, not an FG-SBIR model.")
+            if kwargs.get("use_distillation_token", model.config.use_distillation_token) != model.config.use_distillation_token:
+                raise ValueError("init_model's use_distillation_token differs from the requested one; it cannot be changed.")
+            for key, value in kwargs.items():
+                if key not in ("embedding_dim",):
+                    setattr(model.config, key, value)
+            return model
+        if self.args.backbone_config is not None:
+            return FGSBIRModel(FGSBIRConfig(backbone_config=self.args.backbone_config, **kwargs))
+        return FGSBIRModel.from_backbone(self.args.backbone, **kwargs)
+
+    def build_transform(self, model):
+        from hf_sbir.data import SbirImageTransform
+
+        return SbirImageTransform(
+            image_processor=image_processor_for_fg_backbone(model.config.backbone_config, self.args.image_size),
+            image_size=self.args.image_size,
+            sketch_ink_crop=self.args.sketch_ink_crop,
+            sketch_stroke_width=self.args.sketch_stroke_width,
+            empty_sketch="keep",
+        )
+
+    # -- data ------------------------------------------------------------------------------------
+    def load_data(self):
+        """The fine-grained `DatasetDict` (`train`, `test`) of `args.dataset` (`hf_sbir.data.fg_paired`)."""
+        from hf_sbir.data.fg_paired import load_fg_paired
+
+        if self._data is None:
+            self._data = load_fg_paired(self.args.dataset, on_unmatched=self.method_args.get("on_unmatched", "raise"))
+        return self._data
+
+    def _paired(self, data):
+        from hf_sbir.data.fg_paired import is_fg_paired
+
+        if data is not None and is_fg_paired(data) and {"train", "test"} & set(data):
+            return data
+        return self.load_data()
+
+    def setup(self, model, data, transform, accelerator) -> None:
+        data = self._paired(data)
+        if "train" not in data:
+            raise ValueError("The fine-grained dataset has no 'train' split.")
+        self.transform = transform
+        self.config = _unwrap(model).config
+        train = data["train"]
+        domains, pair_ids = train["domain"], train["pair_id"]
+        self.sketches = train.select([i for i, d in enumerate(domains) if d == "sketch"])
+        self.photos = train.select([i for i, d in enumerate(domains) if d == "photo"])
+        self.photo_of = {pid: j for j, pid in enumerate(self.photos["pair_id"])}
+        self.sketches_of: dict[str, list[int]] = {}
+        for i, pid in enumerate(self.sketches["pair_id"]):
+            self.sketches_of.setdefault(pid, []).append(i)
+        self.pairs = sorted(p for p in self.sketches_of if p in self.photo_of)
+        if len(self.pairs) < 2:
+            raise ValueError(f"FG-SBIR training needs at least 2 photos with sketches; the train split has {len(self.pairs)}.")
+        if self.use_ema:
+            self.ema = ModelEMA(model, self.config.ema_decay)
+        if self.distillation:
+            self.unlabelled = self._unlabelled_photos()
+            self.teacher = self._build_teacher(model, accelerator)
+        if self._pending_state is not None:
+            self.load_state_dict(self._pending_state)
+
+    def _unlabelled_photos(self):
+        from hf_sbir.data.fg_paired import load_unlabelled_photos
+
+        folder = self.method_args.get("unlabelled_photos")
+        if folder:
+            return load_unlabelled_photos(folder, max_photos=self.method_args.get("max_unlabelled_photos"))
+        logger.warning("fg_sbir distillation: no unlabelled_photos folder given; using the %d training photos instead.", len(self.photos))
+        photos = self.photos.select_columns(["image", "domain", "id"])
+        limit = self.method_args.get("max_unlabelled_photos")
+        return photos.select(range(min(limit, len(photos)))) if limit else photos
+
+    def _build_teacher(self, model, accelerator) -> nn.Module:
+        from hf_sbir.models.fg_sbir import FGSBIRModel
+
+        cache = Path(self.args.output_dir) / "teacher"
+        if (cache / "model.safetensors").is_file():
+            teacher = FGSBIRModel.from_pretrained(cache)
+            logger.info("fg_sbir: loaded the cached photo teacher from %s.", cache)
+        else:
+            student = _unwrap(model)
+            config = copy.deepcopy(student.config)
+            config.use_distillation_token = False
+            teacher = FGSBIRModel(config)
+            # Start from the student's (pretrained) weights; the token and its projections are the student's own.
+            teacher.load_state_dict(student.state_dict(), strict=False)
+            iterations = int(self.method_args.get("teacher_iterations", 500))
+            history = train_photo_teacher(
+                teacher, self.unlabelled, self.transform, iterations,
+                batch_size=int(self.method_args.get("teacher_batch_size") or self.args.batch_size),
+                learning_rate=float(self.method_args.get("teacher_learning_rate") or self.args.learning_rate),
+                margin=config.photo_margin, seed=self.args.seed, device=accelerator.device,
+            )
+            if history:
+                logger.info("fg_sbir: photo teacher trained for %d steps (loss %.4f -> %.4f).", iterations, history[0], history[-1])
+            if accelerator.is_main_process:
+                teacher.save_pretrained(cache)
+        teacher.eval().requires_grad_(False)
+        return teacher.to(accelerator.device)
+
+    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
+        rng = random.Random(f"fg_sbir:{self.args.seed}:{step}")
+        size = min(self.args.batch_size, len(self.pairs))
+        anchors = rng.sample(self.pairs, size)
+        rows = {k: [] for k in ("sketch", "sketch_positive", "sketch_negative", "photo", "photo_negative")}
+        seeds = []
+        for pair in anchors:
+            own = self.sketches_of[pair]
+            sketch = rng.choice(own)
+            others = [i for i in own if i != sketch]
+            negative = self.pairs[rng.randrange(len(self.pairs) - 1)]
+            if negative == pair:  # draw uniformly among the other pairs
+                negative = self.pairs[-1]
+            rows["sketch"].append(sketch)
+            rows["sketch_positive"].append(rng.choice(others) if others else sketch)
+            rows["sketch_negative"].append(rng.choice(self.sketches_of[negative]))
+            rows["photo"].append(self.photo_of[pair])
+            rows["photo_negative"].append(self.photo_of[negative])
+            seeds.append(rng.getrandbits(64))
+        sketch_images = {k: self.sketches.select(rows[k])["image"] for k in ("sketch", "sketch_positive", "sketch_negative")}
+        photos = self.photos.select(rows["photo"])["image"]
+        augmented = [structural_augment(img, random.Random(s)) for img, s in zip(photos, seeds)]
+        batch = {k: self.transform.batch(list(v), ["sketch"] * size) for k, v in sketch_images.items()}
+        batch["photo"] = self.transform.batch(list(photos), ["photo"] * size)
+        batch["photo_augmented"] = self.transform.batch(augmented, ["photo"] * size)
+        batch["photo_negative"] = self.transform.batch(list(self.photos.select(rows["photo_negative"])["image"]), ["photo"] * size)
+        if self.teacher is not None:
+            count = int(self.method_args.get("unlabelled_per_step", self.args.batch_size))
+            count = min(count, len(self.unlabelled))
+            if count >= 2:
+                images = self.unlabelled.select(rng.sample(range(len(self.unlabelled)), count))["image"]
+                batch["unlabelled"] = self.transform.batch(list(images), ["photo"] * count)
+        return batch
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def training_step(self, model, batch, step):
+        from hf_sbir.losses.fg_sbir import contextual_distillation_loss, fg_sbir_loss
+
+        cfg = self.config
+        names = ["sketch", "sketch_positive", "sketch_negative", "photo", "photo_augmented", "photo_negative"]
+        if "unlabelled" in batch:
+            names.append("unlabelled")
+        sizes = [batch[k].shape[0] for k in names]
+        # One forward pass over everything (one call through DDP).
+        out = model(pixel_values=torch.cat([batch[k] for k in names]))
+        embeddings = dict(zip(names, out.embeddings.split(sizes)))
+        distillation = None
+        if self.teacher is not None:
+            if out.distillation_embeddings is None:
+                raise ValueError("Distillation needs a model with the distillation token.")
+            student = dict(zip(names, out.distillation_embeddings.split(sizes)))
+            teacher_names = ["photo"] + (["unlabelled"] if "unlabelled" in batch else [])
+            with torch.no_grad():
+                self.teacher.to(batch["photo"].device)
+                teacher_out = self.teacher(pixel_values=torch.cat([batch[k] for k in teacher_names])).embeddings
+            teacher = dict(zip(teacher_names, teacher_out.split([batch[k].shape[0] for k in teacher_names])))
+            temperature, neighbours = cfg.distillation_temperature, cfg.distillation_neighbours
+            distillation = contextual_distillation_loss(student["photo"], teacher["photo"], temperature, neighbours)  # (ii)
+            distillation = distillation + contextual_distillation_loss(student["sketch"], teacher["photo"], temperature, neighbours)  # (iii)
+            if "unlabelled" in teacher:  # (i)
+                distillation = distillation + contextual_distillation_loss(student["unlabelled"], teacher["unlabelled"], temperature, neighbours)
+        losses = fg_sbir_loss(
+            embeddings["sketch"], embeddings["sketch_positive"], embeddings["sketch_negative"],
+            embeddings["photo"], embeddings["photo_augmented"], embeddings["photo_negative"],
+            cross_modal_margin=cfg.cross_modal_margin, photo_margin=cfg.photo_margin, sketch_margin=cfg.sketch_margin,
+            photo_intra_weight=cfg.photo_intra_weight, sketch_intra_weight=cfg.sketch_intra_weight,
+            distillation=distillation, distillation_weight=cfg.distillation_weight,
+        )
+        return losses.total, losses.as_floats()
+
+    def after_optimizer_step(self, model, step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state.get("ema"):
+            return
+        if self.ema is None:
+            if not self.use_ema:
+                return
+            self._pending_state = state  # setup() has not run yet: restore there
+            return
+        self.ema.load_state_dict(state["ema"])
+        self._pending_state = None
+
+    # -- evaluation and export -------------------------------------------------------------------
+    def evaluate(self, model, data, transform):
+        data = self._paired(data)
+        if "test" not in data:
+            raise ValueError("The fine-grained dataset has no 'test' split to evaluate on.")
+        return evaluate_fine_grained(
+            model, data["test"], transform, batch_size=self.args.eval_batch_size,
+            max_queries=self.args.max_eval_queries, seed=self.args.seed, progress=self.args.progress,
+        )
+
+    def model_to_save(self, model):
+        return self.ema.model if self.ema is not None else model
+
+
+def image_processor_for_fg_backbone(backbone_config, image_size: int | None = None):
+    """The image processor of an FG-SBIR backbone: the package's own for the hybrid; for PVT-v2 (not known to
+    `hf_sbir.backbones.processing`) the same square bicubic resize with ImageNet mean/std, PVT's pre-training
+    normalisation."""
+    from hf_sbir.backbones.processing import IMAGENET_MEAN, IMAGENET_STD, image_processor_for_backbone
+
+    if getattr(backbone_config, "model_type", None) != "pvt_v2":
+        return image_processor_for_backbone(backbone_config, image_size=image_size)
+    size = int(image_size or 224)
+    kwargs = dict(
+        do_resize=True, size={"height": size, "width": size}, resample=3, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True,
+    )
+    try:
+        import torchvision  # noqa: F401
+
+        from transformers import ViTImageProcessor as processor_class
+    except ImportError:
+        from transformers import ViTImageProcessorPil as processor_class
+    return processor_class(**kwargs)
+
+
+__all__ = [
+    "FGSBIRMethod",
+    "ModelEMA",
+    "evaluate_fine_grained",
+    "fine_grained_accuracy",
+    "image_processor_for_fg_backbone",
+    "structural_augment",
+    "train_photo_teacher",
+]
