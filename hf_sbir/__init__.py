@@ -9,10 +9,13 @@ from transformers import AutoConfig, AutoModel
 
 from hf_sbir.backbones.configuration_hybrid_efficientnet import HybridEfficientNetConfig
 from hf_sbir.models.sketch_an_anchor import SketchAnAnchorConfig, SketchAnAnchorModel, SketchAnAnchorOutput
+from hf_sbir.models.fg_sbir import FGSBIRConfig, FGSBIRModel, FGSBIROutput
+from hf_sbir.models.adapt_align import AdaptAlignConfig, AdaptAlignModel, AdaptAlignOutput
+from hf_sbir.models.shape_views import ShapeViewsConfig, ShapeViewsModel, ShapeViewsOutput
 
 __version__ = "0.1.0"
 
-_FAMILIES = [(SketchAnAnchorConfig, SketchAnAnchorModel)]
+_FAMILIES = [(SketchAnAnchorConfig, SketchAnAnchorModel), (AdaptAlignConfig, AdaptAlignModel), (ShapeViewsConfig, ShapeViewsModel), (FGSBIRConfig, FGSBIRModel)]
 
 
 def _register(config_cls, model_cls) -> None:

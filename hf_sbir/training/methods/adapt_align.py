@@ -1,0 +1,245 @@
+"""Adapt and Align's part of the training loop (Dong et al., arXiv 2305.05144).
+
+Each step takes a class-balanced batch of sketches and photos (position i of both is the same seen
+class; `PairedClassBatchSampler`, a pure function of (seed, step)), embeds them with the adapted
+model, and minimises eq. 5 of `hf_sbir.losses.adapt_align`: the cross-entropy of the scaled cosine
+similarities to the seen classes' text embeddings (eq. 2-3) plus lambda times the distance between
+the model's pooled backbone features and those of a frozen copy of the starting backbone (eq. 4).
+
+Method settings (`method_args`, all optional):
+    AdaptAlignConfig fields, copied into the model config: use_adapters, adapter_target_modules,
+        adapter_bottleneck_size, adapter_dropout, adapter_scale, adapter_activation, train_adapters_only,
+        alignment_temperature, learnable_temperature, distillation_weight, distillation_loss, prompt_template.
+    distillation_domains ("both" | "photo" | "sketch", default "both"): which images the teacher sees.
+
+The text encoder is `args.text_embedder` (a CLIP hub id or folder, "minilm", a word2vec file) or, when
+None, CLIP ViT-B/32's text tower when the Hub is reachable, else the packaged MiniLM (offline); its
+embedding size becomes the model's `projection_dim`. The prompt template applies to CLIP text encoders;
+the other encoders embed the bare class names.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+
+from hf_sbir.training.evaluation import evaluate_zero_shot
+from hf_sbir.training.method import TrainingMethod
+
+logger = logging.getLogger("hf_sbir")
+
+# method_args keys that are AdaptAlignConfig fields.
+CONFIG_KEYS = (
+    "use_adapters",
+    "adapter_target_modules",
+    "adapter_bottleneck_size",
+    "adapter_dropout",
+    "adapter_scale",
+    "adapter_activation",
+    "train_adapters_only",
+    "alignment_temperature",
+    "learnable_temperature",
+    "distillation_weight",
+    "distillation_loss",
+    "prompt_template",
+)
+# Of those, the ones that can change on an already-built model (init_model).
+RUNTIME_KEYS = ("train_adapters_only", "learnable_temperature", "distillation_weight", "distillation_loss", "prompt_template")
+METHOD_KEYS = ("distillation_domains",)
+DISTILLATION_DOMAINS = ("both", "photo", "sketch")
+
+
+class AdaptAlignMethod(TrainingMethod):
+    """Adapt and Align in the shared loop.
+
+    Args:
+        args: the run's `TrainConfig` (or any object with its fields; only `seed`, `batch_size`, `image_size`,
+            `backbone`, `model_config`, `output_dir`, `learning_rate` and `method_args` are required).
+        class_name_embedder (*optional*): a ready class-name embedder (`embed(names) -> (C, D)`, `dim`), used
+            instead of choosing one from `args.text_embedder`.
+    """
+
+    name = "adapt_align"
+
+    def __init__(self, args, class_name_embedder=None):
+        super().__init__(args)
+        method_args = dict(getattr(args, "method_args", None) or {})
+        unknown = set(method_args) - set(CONFIG_KEYS) - set(METHOD_KEYS)
+        if unknown:
+            raise ValueError(f"Unknown adapt_align method_args {sorted(unknown)}; known: {sorted(CONFIG_KEYS + METHOD_KEYS)}.")
+        self.distillation_domains = method_args.get("distillation_domains", "both")
+        if self.distillation_domains not in DISTILLATION_DOMAINS:
+            raise ValueError(f"distillation_domains must be one of {DISTILLATION_DOMAINS}; got {self.distillation_domains!r}.")
+        self.method_args = method_args
+        self.text_embedder = class_name_embedder
+        self.teacher = None
+        self.sampler = None
+        self.text_embeds = None
+        self.class_names: list[str] = []
+
+    def _arg(self, name: str, default=None):
+        value = getattr(self.args, name, default)
+        return default if value is None and default is not None else value
+
+    def _config_kwargs(self) -> dict:
+        kwargs = dict(self._arg("model_config") or {})
+        kwargs.update({key: value for key, value in self.method_args.items() if key in CONFIG_KEYS})
+        return kwargs
+
+    # -- model ------------------------------------------------------------------------------------
+    def class_name_embedder(self):
+        """The text encoder of the class names (chosen once): `args.text_embedder`, else CLIP when the Hub is
+        reachable, else the packaged MiniLM; CLIP encoders get the configured prompt template."""
+        if self.text_embedder is None:
+            from hf_sbir.anchors.text import get_class_name_embedder
+            from hf_sbir.models.adapt_align.configuration_adapt_align import DEFAULT_PROMPT_TEMPLATE
+
+            template = self._config_kwargs().get("prompt_template", DEFAULT_PROMPT_TEMPLATE)
+            self.text_embedder = get_class_name_embedder(self._arg("text_embedder"))
+            if getattr(self.text_embedder, "provider", None) == "clip":
+                self.text_embedder.prompt_template = template
+        return self.text_embedder
+
+    def build_model(self):
+        from transformers import AutoModel
+
+        from hf_sbir.models.adapt_align import AdaptAlignConfig, AdaptAlignModel
+
+        kwargs = self._config_kwargs()
+        embedder = self.class_name_embedder()
+        dim = int(embedder.dim)
+        if kwargs.get("projection_dim", dim) != dim:
+            raise ValueError(
+                f"projection_dim={kwargs['projection_dim']} differs from the text encoder's embedding size ({dim}); "
+                "leave projection_dim unset, it follows the text encoder."
+            )
+        kwargs["projection_dim"] = dim
+        describe = getattr(embedder, "to_dict", None)
+        kwargs["text_embedder"] = describe() if callable(describe) else {"name": getattr(embedder, "name", type(embedder).__name__)}
+
+        init_model = self._arg("init_model")
+        if init_model:
+            model = AutoModel.from_pretrained(init_model)
+            if model.config.model_type != AdaptAlignConfig.model_type:
+                raise ValueError(f"init_model {init_model!r} is a {model.config.model_type!r} model, not adapt_align.")
+            structural = sorted(k for k in self._config_kwargs() if k not in RUNTIME_KEYS)
+            if structural:
+                raise ValueError(f"{structural} cannot change on an existing model (init_model); only {list(RUNTIME_KEYS)} can.")
+            if model.config.projection_dim != dim:
+                raise ValueError(f"init_model has projection_dim {model.config.projection_dim}, the text encoder gives {dim}.")
+            for key in RUNTIME_KEYS + ("text_embedder",):
+                if key in kwargs:
+                    setattr(model.config, key, kwargs[key])
+            model.configure_trainable()
+            return model
+        backbone_config = self._arg("backbone_config")
+        if backbone_config is not None:
+            return AdaptAlignModel(AdaptAlignConfig(backbone_config=backbone_config, **kwargs))
+        return AdaptAlignModel.from_backbone(self._arg("backbone"), **kwargs)
+
+    def build_transform(self, model):
+        from hf_sbir.backbones.processing import IMAGENET_MEAN, IMAGENET_STD, image_processor_for_backbone
+        from hf_sbir.data import SbirImageTransform
+
+        backbone_config = model.config.backbone_config
+        size = self._arg("image_size", 224)
+        # ResNets use the ImageNet statistics (the default processor of SbirImageTransform).
+        processor = None if backbone_config.model_type == "resnet" else image_processor_for_backbone(backbone_config, image_size=size)
+        return SbirImageTransform(
+            image_processor=processor,
+            image_size=size,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            sketch_ink_crop=self._arg("sketch_ink_crop", True),
+            sketch_stroke_width=self._arg("sketch_stroke_width", 0),
+            empty_sketch="keep",
+        )
+
+    # -- data ------------------------------------------------------------------------------------
+    def setup(self, model, data, transform, accelerator) -> None:
+        """Seen classes and their text embeddings, the frozen teacher, the paired sampler."""
+        from hf_sbir.data import PairedClassBatchSampler, split_by_domain
+
+        self.transform = transform
+        train = data["train"]
+        label_names = train.features["label"].names
+        self.sketches, self.photos = split_by_domain(train)
+        present = sorted(set(self.sketches["label"]) & set(self.photos["label"]))
+        if not present:
+            raise ValueError("The training split has no class with both sketches and photos.")
+        self.class_names = [label_names[i] for i in present]
+        self.class_index = {label: i for i, label in enumerate(present)}  # dataset label -> text-embedding row
+        self.text_embeds = self.class_name_embedder().embed(self.class_names).float().cpu()
+        config = self.config = model.config
+        if self.text_embeds.shape != (len(present), config.projection_dim):
+            raise ValueError(
+                f"The text encoder gave embeddings of shape {tuple(self.text_embeds.shape)}; the model expects "
+                f"({len(present)}, {config.projection_dim})."
+            )
+        config.class_names = self.class_names
+        device = getattr(accelerator, "device", torch.device("cpu"))
+        self.teacher = None
+        if config.distillation_weight > 0:
+            # Eq. 4's teacher: a frozen copy of the backbone as training starts (its adapters are the identity).
+            self.teacher = copy.deepcopy(model.backbone).eval().requires_grad_(False).to(device)
+        self.sampler = PairedClassBatchSampler(
+            self.sketches["label"], self.photos["label"], self._arg("batch_size"), seed=self._arg("seed", 0)
+        )
+
+    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
+        """Sketches and photos of step `step`, class-aligned by position; a pure function of (seed, step)."""
+        sketch_idx, photo_idx = self.sampler.batch(step)
+        sketches, photos = self.sketches[sketch_idx], self.photos[photo_idx]
+        return {
+            "sketch_pixel_values": self.transform.batch(sketches["image"], ["sketch"] * len(sketch_idx)),
+            "photo_pixel_values": self.transform.batch(photos["image"], ["photo"] * len(photo_idx)),
+            "labels": torch.tensor([self.class_index[label] for label in sketches["label"]]),
+        }
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def training_step(self, model, batch, step):
+        from hf_sbir.losses.adapt_align import adapt_align_loss
+
+        config = getattr(model, "module", model).config  # DDP wraps the model
+        n = batch["sketch_pixel_values"].shape[0]
+        # One forward pass over sketches and photos together (one call through DDP).
+        pixel_values = torch.cat([batch["sketch_pixel_values"], batch["photo_pixel_values"]])
+        labels = torch.cat([batch["labels"], batch["labels"]])
+        out = model(pixel_values=pixel_values, text_embeds=self.text_embeds.to(pixel_values.device))
+        student = teacher = None
+        if self.teacher is not None and config.distillation_weight > 0:
+            chosen = {"both": slice(None), "sketch": slice(0, n), "photo": slice(n, None)}[self.distillation_domains]
+            with torch.no_grad():
+                teacher = self.teacher(pixel_values[chosen]).pooled_output
+            student = out.image_features[chosen]
+        losses = adapt_align_loss(
+            out.logits, labels, student, teacher, config.distillation_weight, config.distillation_loss
+        )
+        logs = losses.as_floats()
+        with torch.no_grad():
+            predictions = out.logits.argmax(dim=-1)
+            logs["acc_sketch"] = float((predictions[:n] == labels[:n]).float().mean())
+            logs["acc_photo"] = float((predictions[n:] == labels[n:]).float().mean())
+        return losses.total, logs
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, model, data, transform):
+        return evaluate_zero_shot(
+            model,
+            data,
+            transform,
+            batch_size=self._arg("eval_batch_size", 32),
+            max_queries=self._arg("max_eval_queries"),
+            seed=self._arg("seed", 0),
+            progress=self._arg("progress", True),
+        )
+
+    def state_dict(self):
+        # Batches depend on (seed, step) only; the sampler state is recorded for inspection.
+        return {"sampler": self.sampler.state_dict() if self.sampler is not None else None}
+
+    def load_state_dict(self, state) -> None:
+        if self.sampler is not None and state.get("sampler"):
+            self.sampler.load_state_dict(state["sampler"])
