@@ -195,3 +195,30 @@ def test_browser_draw_and_search(tiny_space):
             browser.close()
     finally:
         demo.close()
+
+
+def test_space_readme_front_matter_and_requirements():
+    """The Space is ready to upload: its README front matter is a valid Space config pointing at an
+    existing app file, and requirements.txt installs gradio and hf-sbir."""
+    import gradio
+    from huggingface_hub import RepoCard, SpaceCardData
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    card = RepoCard.load(SPACE / "README.md")
+    data = SpaceCardData(**card.data.to_dict())
+    assert data.sdk == "gradio"
+    # sdk_version is pinned to the gradio the repository is tested with; same major version at least.
+    assert Version(data.sdk_version).major == Version(gradio.__version__).major
+    assert data.app_file and (SPACE / data.app_file).is_file()
+    assert data.title and data.license and len(data.short_description) <= 60
+    assert data.colorFrom and data.colorTo and data.emoji
+    assert "app.py" in card.text  # the body says how to run it
+
+    lines = (SPACE / "requirements.txt").read_text().splitlines()
+    lines = [line.split(" #")[0].strip() for line in lines]
+    requirements = [Requirement(line) for line in lines if line and not line.startswith(("#", "-"))]
+    names = {r.name.lower().replace("_", "-") for r in requirements}
+    assert {"gradio", "hf-sbir", "torch"} <= names, names
+    hf_sbir_req = next(r for r in requirements if r.name.lower() == "hf-sbir")
+    assert hf_sbir_req.url is None or hf_sbir_req.url.startswith("git+https://")
