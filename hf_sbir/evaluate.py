@@ -6,6 +6,16 @@
 `--report` writes an HTML page: for a few unseen-class sketches, the top-10 photos with green (right
 class) or red (wrong class) borders. `--backbone_only` scores the backbone's own features instead of
 the fine-tuned embedding (the untrained baseline).
+
+Instance-level models are evaluated with their own task, through their training method's `load_data` and
+`evaluate` (the same code as the evaluation at the end of `train.py`):
+
+    python -m hf_sbir.evaluate --model outputs/fg-sbir-cpu/model --dataset embedded      # FG-SBIR: Acc@1/5/10
+    python -m hf_sbir.evaluate --model outputs/fg-sbir-cpu/model --dataset data/ShoeV2   # a QMUL-style folder
+    python -m hf_sbir.evaluate --model outputs/shape-views-cpu/model --set test_classes=[lamp,table]
+
+`--set KEY=VALUE` sets the method's settings (`method_args`, e.g. the shape-views test classes; use the
+training run's values to reproduce its figures); `--seed` is the run's seed.
 """
 
 from __future__ import annotations
@@ -31,6 +41,13 @@ def load_model_and_transform(model_path: str, image_size: int | None = None):
     if path.exists() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a saved model folder (no config.json).")
     model = AutoModel.from_pretrained(model_path).eval()
+    if model.config.model_type == "shape_views":
+        # Its transform adds scale normalisation (and saves the settings of it in the same json file).
+        from hf_sbir.models.shape_views import ShapeViewsImageTransform
+
+        if (path / "sbir_image_transform.json").is_file():
+            return model, ShapeViewsImageTransform.from_pretrained(path)
+        return model, ShapeViewsImageTransform.for_model(model, image_size=image_size)
     if (path / "sbir_image_transform.json").is_file():
         transform = SbirImageTransform.from_pretrained(path)
     else:
@@ -38,6 +55,23 @@ def load_model_and_transform(model_path: str, image_size: int | None = None):
 
         transform = SbirImageTransform(image_processor=image_processor_for_backbone(model.config.backbone_config, image_size=image_size))
     return model, transform
+
+
+# Models whose task is not category-level zero-shot retrieval: evaluated by their training method.
+INSTANCE_LEVEL_METHODS = ("fg_sbir", "shape_views")
+
+
+def evaluate_with_method(model, transform, method: str, dataset: str, split: str | None, batch_size: int = 32,
+                         max_queries: int | None = None, seed: int = 0, method_args: dict | None = None) -> dict:
+    """Evaluate `model` the way training method `method` does at the end of a run: its `load_data()` (e.g.
+    fine-grained pairs, or nothing for procedural shapes) and its `evaluate()`."""
+    from hf_sbir.training import TrainConfig
+    from hf_sbir.training.methods import get_method_class
+
+    args = TrainConfig(method=method, dataset=dataset, split=split, eval_batch_size=batch_size, max_eval_queries=max_queries,
+                       seed=seed, method_args=dict(method_args or {}))
+    runner = get_method_class(method)(args)
+    return runner.evaluate(model, runner.load_data(), transform)
 
 
 def _thumb_uri(image, size: int = 96) -> str:
@@ -105,9 +139,16 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone_only", action="store_true", help="score the backbone's own features")
     parser.add_argument("--report", help="write a qualitative HTML report to this path")
     parser.add_argument("--json", help="also write the metrics as JSON to this path")
+    parser.add_argument("--seed", type=int, default=0, help="seed of query subsampling / procedural test shapes")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="instance-level models: a method setting (repeatable)")
     args = parser.parse_args(argv)
     try:
         model, transform = load_model_and_transform(args.model)
+        model_type = model.config.model_type
+        if model_type in INSTANCE_LEVEL_METHODS:
+            return _main_instance_level(args, model, transform, model_type)
+        if args.set:
+            raise ValueError("--set applies to instance-level models (fg_sbir, shape_views) only.")
         data = load_sbir_dataset(args.dataset, split=args.split, gzs=args.gzs)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -121,6 +162,29 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2))
     if args.report:
         print(f"\nReport: {write_report(scored, data, transform, args.report, batch_size=args.batch_size)}")
+    return 0
+
+
+def _main_instance_level(args, model, transform, method: str) -> int:
+    from hf_sbir.training.config import _parse_value
+    from hf_sbir.training.evaluation import format_metric_table
+
+    unsupported = [flag for flag, on in (("--report", args.report), ("--backbone_only", args.backbone_only), ("--gzs", args.gzs)) if on]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: category-level options; a {method} model is evaluated on its own instance-level task.")
+    method_args = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        method_args[key] = _parse_value(raw)
+    result = evaluate_with_method(model, transform, method, args.dataset, args.split, args.batch_size, args.max_queries, args.seed, method_args)
+    keys = [k for k, v in result["metrics"].items() if isinstance(v, (int, float))]
+    task = result["task"]
+    print(f"{task[0].upper()}{task[1:]}, in %:\n")
+    print(format_metric_table({Path(args.model).name: result}, keys=keys))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -10,6 +10,7 @@ Normalisation per backbone:
   far better and classify better (ImageNet top-1 on 144 sbir-mini photos of ImageNet classes: 78%
   vs 65% with the ImageNet mean/std).
 * ViT, DINO ViT and DINOv2: ImageNet mean/std.
+* PVT-v2 (the FG-SBIR backbone, `OpenGVLab/pvt_v2_*`): ImageNet mean/std, its pre-training normalisation.
 * CLIP vision: the OpenAI CLIP mean/std.
 
 Images are resized to a square of the backbone's input size with bicubic resampling and converted to
@@ -38,6 +39,7 @@ BACKBONE_NORMALISATION = {
     "vit": (IMAGENET_MEAN, IMAGENET_STD),
     "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
     "dinov2_with_registers": (IMAGENET_MEAN, IMAGENET_STD),
+    "pvt_v2": (IMAGENET_MEAN, IMAGENET_STD),
     "clip_vision_model": (CLIP_MEAN, CLIP_STD),
     "clip": (CLIP_MEAN, CLIP_STD),
 }

@@ -400,8 +400,16 @@ def _draw_parts(draw: ImageDraw.ImageDraw, parts, to_px, scale, colours) -> None
             draw.line(pts, fill=colours[part.role], width=max(1, int(round(part.width * scale))), joint="curve")
 
 
-def render_photo(class_name: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
-    """One synthetic 'photo' of `class_name` (RGB, `size` x `size`)."""
+def object_instance(class_name: str, rng: np.random.Generator, size: int = IMAGE_SIZE, scale_range=(0.55, 0.85)):
+    """One object of `class_name` to draw several times: `(parts, pose)`, where `pose` is `(to_px, scale)` on
+    the 2x drawing canvas of a `size` image. Passed to `render_photo` / `render_sketch`, it gives a photo and
+    sketches of the *same* instance (the fine-grained pairs of `hf_sbir.data.fg_embedded`)."""
+    return _SHAPES[class_name](rng), _pose(rng, size * _SUPERSAMPLE, scale_range)
+
+
+def render_photo(class_name: str, rng: np.random.Generator, size: int = IMAGE_SIZE, instance=None) -> Image.Image:
+    """One synthetic 'photo' of `class_name` (RGB, `size` x `size`); `instance` (from `object_instance`) fixes
+    the object's parts and pose instead of drawing them from `rng`."""
     big = size * _SUPERSAMPLE
     base = _background(rng, size)
     clutter = Image.new("RGBA", (size, size), (0, 0, 0, 0))
@@ -412,13 +420,13 @@ def render_photo(class_name: str, rng: np.random.Generator, size: int = IMAGE_SI
         fill = tuple(int(v) for v in rng.uniform(0, 255, 3)) + (int(rng.uniform(90, 220)),)
         (cdraw.ellipse if rng.random() < 0.5 else cdraw.rectangle)([x - w, y - h, x + w, y + h], fill=fill)
 
-    parts = _SHAPES[class_name](rng)
+    parts = _SHAPES[class_name](rng) if instance is None else instance[0]
     palette = _PALETTES[class_name]
     colours = {
         role: _jitter_colour(rng, choices[int(rng.integers(len(choices)))]) + (255,)
         for role, choices in palette.items()
     }
-    to_px, scale = _pose(rng, big, (0.5, 0.85))
+    to_px, scale = _pose(rng, big, (0.5, 0.85)) if instance is None else instance[1]
     layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))
     _draw_parts(ImageDraw.Draw(layer), parts, to_px, scale, colours)
     layer = layer.reduce(_SUPERSAMPLE)  # box down-sampling: fast, and enough anti-aliasing at 2x
@@ -466,11 +474,15 @@ def _wobbly(points: np.ndarray, rng, step: float, amplitude: float) -> np.ndarra
     return pts + noise * amplitude / 2
 
 
-def render_sketch(class_name: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
-    """One synthetic hand-drawn-style sketch of `class_name` (grayscale, `size` x `size`)."""
+def render_sketch(class_name: str, rng: np.random.Generator, size: int = IMAGE_SIZE, instance=None) -> Image.Image:
+    """One synthetic hand-drawn-style sketch of `class_name` (grayscale, `size` x `size`); `instance` (from
+    `object_instance`) fixes the object's parts and pose instead of drawing them from `rng`."""
     big = size * _SUPERSAMPLE
-    parts = _SHAPES[class_name](rng)
-    to_px, scale = _pose(rng, big, (0.6, 0.9))
+    if instance is None:
+        parts = _SHAPES[class_name](rng)
+        to_px, scale = _pose(rng, big, (0.6, 0.9))
+    else:
+        parts, (to_px, scale) = instance
     canvas = Image.new("L", (big, big), 255)
     draw = ImageDraw.Draw(canvas)
     base_width = rng.uniform(1.3, 3.0) * _SUPERSAMPLE

@@ -4,7 +4,8 @@ The loop (`hf_sbir.training.trainer.train`) owns everything methods have in comm
 (device placement, mixed precision, gradient accumulation, DDP), the optimiser and the warm-up +
 cosine schedule, checkpoints and `--resume`, logging, the final evaluation, `save_pretrained`, the
 model card and `push_to_hub`. A method says how to build its model and transform, how to make the
-batch of step `t`, and how to turn a batch into a loss.
+batch of step `t`, and how to turn a batch into a loss; methods whose data is not a category-level
+zero-shot split (fine-grained pairs, procedural shapes) also override `load_data`.
 
 Resumability rule: `next_batch(step)` must depend only on (seed, step) and on state returned by
 `state_dict()`, so that a run stopped after step t and resumed gives the same batches as one that
@@ -41,9 +42,15 @@ class TrainingMethod:
         raise NotImplementedError
 
     # -- data ------------------------------------------------------------------------------------
+    def load_data(self):
+        """The data the run trains and evaluates on, loaded once by the loop and passed to `setup` and
+        `evaluate`. Default: `args.dataset` with the zero-shot split `args.split`, its `train` split checked
+        by the leak guard (no unseen class may be trained on)."""
+        return load_zero_shot_data(self.args)
+
     def setup(self, model: nn.Module, data, transform, accelerator) -> None:
-        """Called once before training with the dataset (a `DatasetDict` whose `train` split holds seen
-        classes only — the loop has already run the zero-shot leak guard on it). Precompute what the
+        """Called once before training with the result of `load_data()` (by default a `DatasetDict` whose
+        `train` split holds seen classes only — the leak guard has already run on it). Precompute what the
         method needs (anchors, teacher features); cache in `args.output_dir` if slow."""
 
     def next_batch(self, step: int) -> dict[str, torch.Tensor]:
@@ -77,3 +84,21 @@ class TrainingMethod:
     def model_to_save(self, model: nn.Module) -> nn.Module:
         """The model whose weights are exported (e.g. the EMA copy)."""
         return model
+
+    def model_card_info(self) -> dict[str, Any]:
+        """How the model card's model-index describes the evaluation: any of `task_name`, `dataset_type`,
+        `dataset_name`, `dataset_split`, `tags` (a list), and `template_values` (extra values for the method's
+        card template). Default `{}`: zero-shot category-level retrieval on the unseen classes of
+        `args.dataset` / `args.split` (see `hf_sbir.training.model_card`)."""
+        return {}
+
+
+def load_zero_shot_data(args):
+    """`args.dataset` with the zero-shot split `args.split` (and `args.gzs`); the `train` split goes through
+    the leak guard, because zero-shot means zero-shot."""
+    from hf_sbir.data import guard_training_set, load_sbir_dataset
+
+    data = load_sbir_dataset(args.dataset, split=args.split, gzs=args.gzs)
+    if args.split:
+        guard_training_set(data["train"], args.split)
+    return data

@@ -32,17 +32,29 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def build_model_card(args, result, model_config=None) -> ModelCard:
+def build_model_card(args, result, model_config=None, info: dict | None = None) -> ModelCard:
+    """The card of a finished run. `info` is the method's `model_card_info()` (task, dataset and split of the
+    evaluation, extra tags, extra `template_values`); None means zero-shot category-level retrieval on
+    `args.dataset` / `args.split`. Templates get the named values below plus `config` (the saved model
+    config) and `args` (the run's `TrainConfig`) for method-specific settings."""
     after = (result.metrics_after or {}).get("metrics", {})
     before = (result.metrics_before or {}).get("metrics", {})
     dataset_name = f"{args.dataset} ({args.split})" if args.split else args.dataset
+    info = {
+        "task_name": "Zero-shot sketch-based image retrieval",
+        "dataset_type": str(args.dataset),
+        "dataset_name": dataset_name,
+        "dataset_split": f"{args.split or 'all'}:unseen{'+gzs' if args.gzs else ''}",
+        "tags": ["zero-shot"],
+        **(info or {}),
+    }
     eval_results = [
         EvalResult(
             task_type="sketch-based-image-retrieval",
-            task_name="Zero-shot sketch-based image retrieval",
-            dataset_type=str(args.dataset),
-            dataset_name=dataset_name,
-            dataset_split=f"{args.split or 'all'}:unseen{'+gzs' if args.gzs else ''}",
+            task_name=info["task_name"],
+            dataset_type=info["dataset_type"],
+            dataset_name=info["dataset_name"],
+            dataset_split=info["dataset_split"],
             metric_type=key,
             metric_name=METRIC_NAMES.get(key, key),
             metric_value=round(float(value), 6),
@@ -56,7 +68,7 @@ def build_model_card(args, result, model_config=None) -> ModelCard:
         library_name="transformers",
         license="apache-2.0",
         pipeline_tag="image-feature-extraction",
-        tags=["sketch-based-image-retrieval", "zero-shot", "hf-sbir", args.method],
+        tags=["sketch-based-image-retrieval", *info["tags"], "hf-sbir", args.method],
         base_model=getattr(model_config, "backbone_name_or_path", None) if model_config is not None else None,
         eval_results=eval_results or None,
     )
@@ -70,6 +82,9 @@ def build_model_card(args, result, model_config=None) -> ModelCard:
     return ModelCard.from_template(
         card_data,
         template_path=str(find_template(args.method)),
+        config=model_config,
+        args=args,
+        **info.get("template_values", {}),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         projection_dim=getattr(cfg, "projection_dim", "?"),
@@ -102,11 +117,11 @@ def build_model_card(args, result, model_config=None) -> ModelCard:
     )
 
 
-def write_model_card(model_dir: Path, args, result) -> Path:
+def write_model_card(model_dir: Path, args, result, info: dict | None = None) -> Path:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
-    card = build_model_card(args, result, config)
+    card = build_model_card(args, result, config, info)
     path = Path(model_dir) / "README.md"
     card.save(path)
     return path

@@ -24,6 +24,7 @@ from accelerate.tracking import GeneralTracker
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from hf_sbir.training.config import TrainConfig
+from hf_sbir.training.method import load_zero_shot_data
 from hf_sbir.training.methods import get_method_class
 
 logger = logging.getLogger("hf_sbir")
@@ -80,6 +81,7 @@ class TrainResult:
     metrics_before: dict[str, Any] | None = None
     metrics_after: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    model: torch.nn.Module | None = None  # the exported model (e.g. the EMA copy), in eval mode, on the main process
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -91,12 +93,8 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def load_data(args: TrainConfig):
-    from hf_sbir.data import guard_training_set, load_sbir_dataset
-
-    data = load_sbir_dataset(args.dataset, split=args.split, gzs=args.gzs)
-    if args.split:
-        guard_training_set(data["train"], args.split)  # zero-shot means zero-shot
-    return data
+    """The category-level zero-shot data of `args` (what `TrainingMethod.load_data` does by default)."""
+    return load_zero_shot_data(args)
 
 
 def _make_trackers(args: TrainConfig, logging_dir: Path):
@@ -127,7 +125,7 @@ def train(args: TrainConfig) -> TrainResult:
         )
 
     method = get_method_class(args.method)(args)
-    data = load_data(args)
+    data = method.load_data()  # the zero-shot split by default; fine-grained pairs, procedural shapes ...
     model = method.build_model()
     transform = method.build_transform(model)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -208,9 +206,10 @@ def train(args: TrainConfig) -> TrainResult:
     if accelerator.is_main_process:
         final = method.model_to_save(accelerator.unwrap_model(model))
         final.eval()
+        result.model = final
         result.metrics_after = method.evaluate(final, data, transform)
         (output_dir / "eval_after.json").write_text(json.dumps(result.metrics_after, indent=2))
-        result.model_dir = export_model(final, transform, args, result)
+        result.model_dir = export_model(final, transform, args, result, card_info=method.model_card_info())
     accelerator.end_training()
     return result
 
@@ -227,8 +226,9 @@ def save_checkpoint(accelerator: Accelerator, method, output_dir: Path, done: in
     return path
 
 
-def export_model(model, transform, args: TrainConfig, result: TrainResult) -> Path:
-    """save_pretrained folder + processor configs + generated model card; optional push_to_hub."""
+def export_model(model, transform, args: TrainConfig, result: TrainResult, card_info: dict | None = None) -> Path:
+    """save_pretrained folder + processor configs + generated model card (`card_info`: the method's
+    `model_card_info()`); optional push_to_hub."""
     from hf_sbir.training.model_card import write_model_card
 
     model_dir = Path(args.output_dir) / "model"
@@ -236,7 +236,7 @@ def export_model(model, transform, args: TrainConfig, result: TrainResult) -> Pa
     transform.save_pretrained(model_dir)
     # A plain transformers image processor config too, so AutoImageProcessor works on the folder.
     transform.image_processor.save_pretrained(model_dir)
-    write_model_card(model_dir, args, result)
+    write_model_card(model_dir, args, result, card_info)
     if args.push_to_hub:
         push_folder_to_hub(model_dir, args.hub_model_id)
     return model_dir

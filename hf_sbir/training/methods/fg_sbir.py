@@ -30,10 +30,11 @@ Method settings (`method_args`, all optional):
     photo_intra_weight, sketch_intra_weight, distillation_weight, distillation_temperature,
     distillation_neighbours, ema_decay, embedding_dim, use_distillation_token.
 
-Data: `args.dataset` is a fine-grained folder (`hf_sbir.data.fg_paired`). The shared loop loads
-`args.dataset` with the category-level loader before the method sees it; `load_data()` here is the
-fine-grained loader, and `setup` / `evaluate` load the paired data themselves when the `data` they are
-given has no `pair_id` column.
+Data (`load_data()`, called by the shared loop): `args.dataset` is a fine-grained folder
+(`hf_sbir.data.fg_paired`: QMUL Shoe-V2 / Chair-V2 and other layouts), or `"embedded"` for the generated
+offline set of sketch/photo instance pairs (`hf_sbir.data.fg_embedded`). `args.split` and `args.gzs`
+(category-level zero-shot settings) are not used. `setup` / `evaluate` also load the paired data
+themselves when the `data` they are given has no `pair_id` column.
 """
 
 from __future__ import annotations
@@ -309,11 +310,17 @@ class FGSBIRMethod(TrainingMethod):
 
     # -- data ------------------------------------------------------------------------------------
     def load_data(self):
-        """The fine-grained `DatasetDict` (`train`, `test`) of `args.dataset` (`hf_sbir.data.fg_paired`)."""
-        from hf_sbir.data.fg_paired import load_fg_paired
-
+        """The fine-grained `DatasetDict` (`train`, `test`) of `args.dataset`: a folder (`hf_sbir.data.fg_paired`)
+        or `"embedded"` (`hf_sbir.data.fg_embedded`, generated offline)."""
         if self._data is None:
-            self._data = load_fg_paired(self.args.dataset, on_unmatched=self.method_args.get("on_unmatched", "raise"))
+            if self.args.dataset == "embedded":
+                from hf_sbir.data.fg_embedded import load_fg_embedded
+
+                self._data = load_fg_embedded()
+            else:
+                from hf_sbir.data.fg_paired import load_fg_paired
+
+                self._data = load_fg_paired(self.args.dataset, on_unmatched=self.method_args.get("on_unmatched", "raise"))
         return self._data
 
     def _paired(self, data):
@@ -488,27 +495,23 @@ class FGSBIRMethod(TrainingMethod):
     def model_to_save(self, model):
         return self.ema.model if self.ema is not None else model
 
+    def model_card_info(self):
+        name = "fg-embedded" if self.args.dataset == "embedded" else Path(self.args.dataset).name
+        return {
+            "task_name": "Fine-grained sketch-based image retrieval",
+            "dataset_type": name,
+            "dataset_name": name,
+            "dataset_split": "test",
+            "tags": ["fine-grained"],
+        }
+
 
 def image_processor_for_fg_backbone(backbone_config, image_size: int | None = None):
-    """The image processor of an FG-SBIR backbone: the package's own for the hybrid; for PVT-v2 (not known to
-    `hf_sbir.backbones.processing`) the same square bicubic resize with ImageNet mean/std, PVT's pre-training
-    normalisation."""
-    from hf_sbir.backbones.processing import IMAGENET_MEAN, IMAGENET_STD, image_processor_for_backbone
+    """The image processor of an FG-SBIR backbone (PVT-v2 or the packaged hybrid): square bicubic resize and the
+    backbone's normalisation (`hf_sbir.backbones.processing`; ImageNet mean/std for PVT-v2)."""
+    from hf_sbir.backbones.processing import image_processor_for_backbone
 
-    if getattr(backbone_config, "model_type", None) != "pvt_v2":
-        return image_processor_for_backbone(backbone_config, image_size=image_size)
-    size = int(image_size or 224)
-    kwargs = dict(
-        do_resize=True, size={"height": size, "width": size}, resample=3, do_rescale=True, rescale_factor=1 / 255,
-        do_normalize=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True,
-    )
-    try:
-        import torchvision  # noqa: F401
-
-        from transformers import ViTImageProcessor as processor_class
-    except ImportError:
-        from transformers import ViTImageProcessorPil as processor_class
-    return processor_class(**kwargs)
+    return image_processor_for_backbone(backbone_config, image_size=image_size)
 
 
 __all__ = [

@@ -7,8 +7,8 @@ test on others).
 Data (`method_args.source`):
     "procedural" (default): the package's procedural renderer (`synthetic_sketch.py`) draws random
         instances of `train_classes` for training and of `test_classes` for evaluation, from
-        `views_per_shape` azimuths at `elevation` degrees. `args.dataset` is not used (the shared loop still
-        loads it). Queries are drawn in `query_style` (with other seeds than training), the gallery in
+        `views_per_shape` azimuths at `elevation` degrees. `args.dataset` is not used (`load_data` loads
+        nothing). Queries are drawn in `query_style` (with other seeds than training), the gallery in
         `gallery_style`: the stand-in for "freehand sketch vs synthetic sketch view".
     "dataset": the `args.dataset` the loop loaded. Training views are the photos (renderings) of its `train`
         split (or `all`); both styles are synthesised from each. Evaluation uses its `test` split (or `all`):
@@ -147,6 +147,11 @@ class ShapeViewsMethod(TrainingMethod):
         return self.transform
 
     # -- data ------------------------------------------------------------------------------------
+    def load_data(self):
+        """None for the procedural source (its shapes are drawn in `setup` / `evaluate`); else `args.dataset`
+        with `args.split` (null: one `all` split) and the zero-shot leak guard."""
+        return None if self.settings["source"] == "procedural" else super().load_data()
+
     def _shapes(self, classes, count: int, seed_offset: int):
         from hf_sbir.models.shape_views.synthetic_sketch import make_shape
 
@@ -356,6 +361,32 @@ class ShapeViewsMethod(TrainingMethod):
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # batches are a pure function of (seed, step)
+
+    def model_card_info(self) -> dict[str, Any]:
+        s = self.settings
+        if s["source"] == "procedural":
+            classes = ", ".join(s["test_classes"])
+            dataset = {"dataset_type": "procedural-shapes", "dataset_name": f"procedural shapes ({classes})", "dataset_split": f"test classes: {classes}"}
+            train_data = (
+                f"procedural shapes of {', '.join(s['train_classes'])}: {s['num_train_shapes']} shapes × "
+                f"{s['views_per_shape']} views at {s['elevation']}° elevation"
+            )
+        else:
+            dataset = {"dataset_type": str(self.args.dataset), "dataset_name": str(self.args.dataset), "dataset_split": self.args.split or "all"}
+            train_data = f"the rendered views (photos) of {self.args.dataset}"
+        # The evaluate-CLI flags that rebuild this run's test set (settings that differ from the defaults).
+        flags = [] if s["source"] == "procedural" else ["--dataset", str(self.args.dataset), "--split", str(self.args.split)]
+        flags += ["--seed", str(self.args.seed)] if self.args.seed else []
+        for key in ("source", "test_classes", "num_test_shapes", "views_per_shape", "elevation", "render_size", "query_style", "gallery_style"):
+            if s[key] != _DEFAULTS[key]:
+                value = f"[{','.join(s[key])}]" if isinstance(s[key], list) else ("null" if s[key] is None else s[key])
+                flags += ["--set", f"{key}={value}"]
+        return {
+            "task_name": "Zero-shot sketch-view retrieval (unseen shape classes)",
+            "tags": ["zero-shot", "3d-shape-retrieval"],
+            **dataset,
+            "template_values": {"train_data": train_data, "styles": " / ".join(s["styles"]), "eval_flags": " ".join(flags)},
+        }
 
 
 def _unwrap(model):
