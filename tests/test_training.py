@@ -140,3 +140,12 @@ def test_push_to_hub_offline_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "m").mkdir()
     with pytest.raises(RuntimeError, match="saved locally"):
         push_folder_to_hub(tmp_path / "m", "someone/some-model")
+
+
+def test_card_base_model_is_only_a_hub_id(tmp_path):
+    from hf_sbir.training.model_card import _hub_base_model
+
+    assert _hub_base_model("facebook/dino-vits8") == "facebook/dino-vits8"
+    assert _hub_base_model("packaged") is None  # the offline backbone is no Hub repository
+    assert _hub_base_model(str(tmp_path)) is None  # a local folder
+    assert _hub_base_model(None) is None

@@ -28,6 +28,13 @@ def find_template(method: str) -> Path:
     raise FileNotFoundError(f"No model card template for method {method!r} in {[str(d) for d in TEMPLATE_DIRS]}.")
 
 
+def _hub_base_model(name: str | None) -> str | None:
+    """The card's `base_model` must be a Hub id: not the packaged offline backbone, not a local folder."""
+    if not name or name == "packaged" or Path(name).exists() or name.count("/") != 1:
+        return None
+    return name
+
+
 def _fmt(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
@@ -69,7 +76,7 @@ def build_model_card(args, result, model_config=None, info: dict | None = None) 
         license="apache-2.0",
         pipeline_tag="image-feature-extraction",
         tags=["sketch-based-image-retrieval", *info["tags"], "hf-sbir", args.method],
-        base_model=getattr(model_config, "backbone_name_or_path", None) if model_config is not None else None,
+        base_model=_hub_base_model(getattr(model_config, "backbone_name_or_path", None)),
         eval_results=eval_results or None,
     )
     rows = [
