@@ -48,7 +48,7 @@ class TrainConfig:
     # Images.
     image_size: int = 224
     sketch_ink_crop: bool = True
-    sketch_stroke_width: int = 0
+    sketch_stroke_width: int = 1  # +1 px thickening: better on real sketches (BENCHMARKS.md, sbir-mini study)
     # Bookkeeping.
     output_dir: str = "outputs/sketch-an-anchor"
     checkpoint_every: int = 100

@@ -1,0 +1,209 @@
+"""Sketch-an-Anchor ablation on real sketches (sbir-mini, zero-shot split `sbir_mini`), the paper's Table 4.
+
+Trains on the 14 seen classes with the packaged offline backbone (EfficientNet-Lite0 hybrid) on CPU
+and scores the 7 unseen classes (sketch->photo mAP@all, mAP@200, P@100, P@200 and photo->photo
+mAP@all; textbook definitions, `hf_sbir.metrics`) for each variant, same seed and iterations:
+
+    untrained   the backbone's own features (no SBIR training; `BackboneFeatureModel`)
+    infonce     InfoNCE only (paper §3.2): no anchors
+    anchors     + semantic (word + visual) anchors with the anchored contrastive loss, fixed anchors, no GCN
+    full        + randomised anchors and the 4-layer GCN (the full model)
+
+Repeated over seeds; prints one table per seed and a mean ± std table (values in %), and writes
+`results.json` and `table.md` to the output folder. Finished runs are reused, a stopped run resumes.
+
+    python benchmarks/ablation_sbir_mini.py --seeds 0 1 2 --output_dir runs/ablation   # BENCHMARKS.md
+    python benchmarks/ablation_sbir_mini.py --iterations 2 --seeds 0 --image_size 64     # smoke test
+
+`--study_preprocessing` also scores the untrained backbone with the sketch ink-box crop on/off and
+stroke thickening (0/1/2 px) to choose the default sketch preprocessing.
+
+sbir-mini is research-use data read from ../shared (or $HF_SBIR_MINI_ROOT); nothing is copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+VARIANTS = {
+    "infonce": {"use_word_anchors": False, "use_visual_anchors": False},
+    "anchors": {"randomize_word_anchors": False, "randomize_visual_anchors": False, "gcn_num_layers": 0},
+    "full": {},
+}
+ORDER = ["untrained", *VARIANTS]
+KEYS = ("map@all", "map@200", "p@100", "p@200", "photo_map@all")
+
+
+def base_config(args, seed: int, variant: str, **overrides):
+    from hf_sbir.training.config import TrainConfig
+
+    return TrainConfig(
+        method="sketch_an_anchor",
+        dataset=args.dataset,
+        split="sbir_mini",
+        backbone="packaged",
+        text_embedder="minilm",
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        min_learning_rate=args.learning_rate / 10,
+        warmup_iterations=max(0, args.iterations // 10),
+        image_size=args.image_size,
+        sketch_ink_crop=args.sketch_ink_crop,
+        sketch_stroke_width=args.sketch_stroke_width,
+        seed=seed,
+        output_dir=str(Path(args.output_dir) / f"seed{seed}" / variant),
+        checkpoint_every=max(1, min(100, args.iterations)),
+        keep_checkpoints=1,
+        eval_before=False,
+        eval_batch_size=64,
+        max_eval_queries=args.max_eval_queries,
+        log_with="jsonl",
+        progress=args.progress,
+        method_args={**args.method_arg, **VARIANTS.get(variant, {})},
+        **overrides,
+    )
+
+
+def evaluate_untrained(cfg) -> dict:
+    """The packaged backbone before any SBIR training, with the seed's (random) hybrid projection."""
+    from transformers import set_seed
+
+    from hf_sbir.training.evaluation import BackboneFeatureModel
+    from hf_sbir.training.methods import get_method_class
+    from hf_sbir.training.trainer import load_data
+
+    set_seed(cfg.seed)
+    method = get_method_class(cfg.method)(cfg)
+    model = method.build_model().eval()
+    transform = method.build_transform(model)
+    return method.evaluate(BackboneFeatureModel(model), load_data(cfg), transform)
+
+
+def run_variant(cfg) -> dict:
+    from hf_sbir.training.trainer import list_checkpoints, train
+
+    result_file = Path(cfg.output_dir) / "eval_after.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    cfg.resume = bool(list_checkpoints(cfg.output_dir))
+    start = time.perf_counter()
+    result = train(cfg)
+    metrics = result.metrics_after
+    metrics["train_seconds"] = time.perf_counter() - start
+    result_file.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def table(columns: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown table: rows = variants, cells = mean ± std (or the value for one seed), in %."""
+    lines = ["| variant | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
+    for name, values in columns.items():
+        cells = []
+        for key in KEYS:
+            xs = [100 * v for v in values[key]]
+            cells.append(f"{xs[0]:.2f}" if len(xs) == 1 else f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def study_preprocessing(args) -> str:
+    rows = ["| ink-box crop | stroke +px | map@all | map@200 | p@100 | photo_map@all |", "|---|---|---|---|---|---|"]
+    for crop in (True, False):
+        for width in (0, 1, 2):
+            args.sketch_ink_crop, args.sketch_stroke_width = crop, width
+            m = evaluate_untrained(base_config(args, args.seeds[0], "untrained"))["metrics"]
+            rows.append(
+                f"| {crop} | {width} | {100 * m['map@all']:.2f} | {100 * m['map@200']:.2f} | {100 * m['p@100']:.2f} | "
+                f"{100 * m['photo_map@all']:.2f} |"
+            )
+            print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
+def _parse_setting(item: str) -> tuple[str, object]:
+    from hf_sbir.training.config import _parse_value
+
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--method_arg needs KEY=VALUE, got {item!r}")
+    return key, _parse_value(value)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=ORDER, choices=ORDER)
+    parser.add_argument("--iterations", type=int, default=250)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--sketch_ink_crop", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    parser.add_argument("--sketch_stroke_width", type=int, default=1)
+    parser.add_argument("--max_eval_queries", type=int, default=None, help="subsample unseen sketches (smoke tests)")
+    parser.add_argument("--dataset", default="sbir-mini", help="'sbir-mini' (found via $HF_SBIR_MINI_ROOT or ../shared) or its path")
+    parser.add_argument("--output_dir", default="runs/ablation")
+    parser.add_argument(
+        "--method_arg", action="append", default=[], metavar="KEY=VALUE",
+        help="a Sketch-an-Anchor method_args setting for every trained variant, e.g. backbone_gradient_scale=1.0",
+    )
+    parser.add_argument("--study_preprocessing", action="store_true")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args(argv)
+    args.method_arg = dict(_parse_setting(item) for item in args.method_arg)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n"
+        f"# {args.iterations} iterations, batch {args.batch_size}, lr {args.learning_rate}, {args.image_size} px, "
+        f"ink crop {args.sketch_ink_crop}, stroke +{args.sketch_stroke_width} px, method_args {args.method_arg}",
+        flush=True,
+    )
+
+    results: dict[int, dict[str, dict]] = {}
+    for seed in args.seeds:
+        results[seed] = {}
+        for variant in args.variants:
+            cfg = base_config(args, seed, variant)
+            if variant == "untrained":
+                cache = Path(cfg.output_dir) / "eval.json"
+                if not cache.is_file():
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    cache.write_text(json.dumps(evaluate_untrained(cfg), indent=2))
+                metrics = json.loads(cache.read_text())
+            else:
+                metrics = run_variant(cfg)
+            results[seed][variant] = metrics
+            seconds = metrics.get("train_seconds")
+            print(
+                f"seed {seed} {variant:9s} "
+                + " ".join(f"{k}={100 * metrics['metrics'][k]:.2f}" for k in KEYS)
+                + (f" ({seconds / 60:.1f} min)" if seconds else ""),
+                flush=True,
+            )
+
+    columns = {v: {k: [results[s][v]["metrics"][k] for s in args.seeds] for k in KEYS} for v in args.variants}
+    text = (
+        f"Unseen classes of sbir-mini (split sbir_mini), {len(args.seeds)} seed(s) {args.seeds}, values in % "
+        f"(mean ± std over seeds):\n\n{table(columns)}\n"
+    )
+    if args.study_preprocessing:
+        text += "\nSketch preprocessing, untrained backbone (seed %d):\n\n%s\n" % (args.seeds[0], study_preprocessing(args))
+    print("\n" + text)
+    (out / "table.md").write_text(text)
+    summary = {"args": vars(args), "results": {str(s): r for s, r in results.items()}}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
