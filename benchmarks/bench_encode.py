@@ -29,23 +29,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 
 # name -> (label, backbone_config dict for hf_sbir's build_backbone / SketchAnAnchorConfig, or None)
@@ -175,7 +165,7 @@ def main(argv=None) -> None:
 
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(
-        f"machine: {_cpu_model()}, nproc={os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"machine: {cpu_model()}, nproc={os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}, device {device}{gpu}"
     )
     print(

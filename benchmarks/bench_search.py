@@ -13,22 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import torch
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -65,7 +55,7 @@ def main(argv=None) -> None:
 
     generator = torch.Generator().manual_seed(0)
     print(
-        f"machine: {_cpu_model()}, nproc={os.cpu_count()}, torch {torch.__version__} "
+        f"machine: {cpu_model()}, nproc={os.cpu_count()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)"
     )
     print(f"dim={args.dim}, top-{args.k}, median of {args.repeats} runs after 1 warm-up; times in ms\n")

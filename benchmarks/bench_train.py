@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,19 +31,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_MARKER = "BENCH_TRAIN_RESULT "
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _rss_mib() -> float | None:
@@ -182,7 +172,7 @@ def main(argv=None) -> None:
 
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     print(
-        f"machine: {_cpu_model()}, nproc={os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"machine: {cpu_model()}, nproc={os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}{gpu}"
     )
     print(
