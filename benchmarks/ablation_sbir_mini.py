@@ -12,7 +12,7 @@ mAP@all; textbook definitions, `hf_sbir.metrics`) for each variant, same seed an
 Repeated over seeds; prints one table per seed and a mean ± std table (values in %), and writes
 `results.json` and `table.md` to the output folder. Finished runs are reused, a stopped run resumes.
 
-    python benchmarks/ablation_sbir_mini.py --seeds 0 1 2 --output_dir runs/ablation   # BENCHMARKS.md
+    python benchmarks/ablation_sbir_mini.py --seeds 0 1 2 --iterations 150 --output_dir runs/ablation   # BENCHMARKS.md
     python benchmarks/ablation_sbir_mini.py --iterations 2 --seeds 0 --image_size 64     # smoke test
 
 `--study_preprocessing` also scores the untrained backbone with the sketch ink-box crop on/off and
@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 VARIANTS = {
     "infonce": {"use_word_anchors": False, "use_visual_anchors": False},
@@ -142,7 +143,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=ORDER, choices=ORDER)
-    parser.add_argument("--iterations", type=int, default=250)
+    parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--image_size", type=int, default=128)
@@ -163,7 +164,7 @@ def main(argv=None) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(
-        f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n"
+        f"# machine: {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n"
         f"# {args.iterations} iterations, batch {args.batch_size}, lr {args.learning_rate}, {args.image_size} px, "
         f"ink crop {args.sketch_ink_crop}, stroke +{args.sketch_stroke_width} px, method_args {args.method_arg}",
         flush=True,
