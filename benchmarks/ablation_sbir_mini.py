@@ -10,7 +10,8 @@ mAP@all; textbook definitions, `hf_sbir.metrics`) for each variant, same seed an
     full        + randomised anchors and the 4-layer GCN (the full model)
 
 Repeated over seeds; prints one table per seed and a mean ± std table (values in %), and writes
-`results.json` and `table.md` to the output folder. Finished runs are reused, a stopped run resumes.
+`results.json` and `table.md` to the output folder. Finished runs are reused, a stopped run resumes;
+a finished run made with other settings is refused (name another `--output_dir`), never reported.
 
     python benchmarks/ablation_sbir_mini.py --seeds 0 1 2 --iterations 150 --output_dir runs/ablation   # BENCHMARKS.md
     python benchmarks/ablation_sbir_mini.py --iterations 2 --seeds 0 --image_size 64     # smoke test
@@ -89,19 +90,55 @@ def evaluate_untrained(cfg) -> dict:
     return method.evaluate(BackboneFeatureModel(model), load_data(cfg), transform)
 
 
+# What the untrained backbone's scores depend on; a trained run depends on every setting but these.
+UNTRAINED_SETTINGS = (
+    "dataset", "split", "backbone", "image_size", "sketch_ink_crop", "sketch_stroke_width", "seed", "max_eval_queries",
+)
+NOT_SETTINGS = ("output_dir", "resume", "progress", "stop_after")
+
+
+def _settings(cfg, untrained: bool = False) -> dict:
+    """The settings a run's numbers depend on, JSON-normalised (tuples -> lists) for comparison."""
+    items = cfg.to_dict().items()
+    keep = {k: v for k, v in items if (k in UNTRAINED_SETTINGS if untrained else k not in NOT_SETTINGS)}
+    return json.loads(json.dumps(keep))
+
+
+def _reuse(result_file: Path, cfg, untrained: bool = False) -> dict | None:
+    """A finished run's metrics, if `result_file` exists; refuses one made with other settings
+    (a reused folder would otherwise print stale numbers under the new command line)."""
+    if not result_file.is_file():
+        return None
+    metrics = json.loads(result_file.read_text())
+    saved, now = metrics.get("settings"), _settings(cfg, untrained)
+    if saved is not None and saved != now:
+        keys = sorted(set(saved) | set(now))
+        changed = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k))
+        raise SystemExit(
+            f"{result_file.parent} holds a finished run made with other settings ({changed}); use another --output_dir"
+        )
+    return metrics
+
+
+def _save(result_file: Path, cfg, metrics: dict, untrained: bool = False) -> dict:
+    metrics["settings"] = _settings(cfg, untrained)
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
 def run_variant(cfg) -> dict:
     from hf_sbir.training.trainer import list_checkpoints, train
 
     result_file = Path(cfg.output_dir) / "eval_after.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
+    if (cached := _reuse(result_file, cfg)) is not None:
+        return cached
     cfg.resume = bool(list_checkpoints(cfg.output_dir))
     start = time.perf_counter()
     result = train(cfg)
     metrics = result.metrics_after
     metrics["train_seconds"] = time.perf_counter() - start
-    result_file.write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return _save(result_file, cfg, metrics)
 
 
 def table(columns: dict[str, dict[str, list[float]]]) -> str:
@@ -139,7 +176,7 @@ def _parse_setting(item: str) -> tuple[str, object]:
     return key, _parse_value(value)
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=ORDER, choices=ORDER)
@@ -160,6 +197,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     args.method_arg = dict(_parse_setting(item) for item in args.method_arg)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,10 +219,7 @@ def main(argv=None) -> dict:
             cfg = base_config(args, seed, variant)
             if variant == "untrained":
                 cache = Path(cfg.output_dir) / "eval.json"
-                if not cache.is_file():
-                    cache.parent.mkdir(parents=True, exist_ok=True)
-                    cache.write_text(json.dumps(evaluate_untrained(cfg), indent=2))
-                metrics = json.loads(cache.read_text())
+                metrics = _reuse(cache, cfg, untrained=True) or _save(cache, cfg, evaluate_untrained(cfg), untrained=True)
             else:
                 metrics = run_variant(cfg)
             results[seed][variant] = metrics

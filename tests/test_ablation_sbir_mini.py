@@ -41,3 +41,41 @@ def test_reproduction_command_runs_at_two_iterations(tmp_path):
     split = load_split("sbir_mini")
     config = json.loads((out / "seed0" / "full" / "model" / "config.json").read_text())
     assert sorted(config["anchor_class_names"]) == sorted(split.train_classes)
+
+
+
+def _ablation_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import ablation_sbir_mini
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return ablation_sbir_mini
+
+
+def _finish_runs_without_training(ablation, argv):
+    """Result files as a finished run writes them (seed 0, untrained + infonce), with made-up metrics."""
+    args = ablation.parse_args(argv)
+    for variant, name in (("untrained", "eval.json"), ("infonce", "eval_after.json")):
+        cfg = ablation.base_config(args, 0, variant)
+        metrics = {"metrics": {k: 0.25 for k in ablation.KEYS}}
+        ablation._save(Path(cfg.output_dir) / name, cfg, metrics, untrained=variant == "untrained")
+
+
+def test_finished_runs_are_reused_with_the_same_settings(tmp_path):
+    ablation = _ablation_module()
+    argv = ["--seeds", "0", "--variants", "untrained", "infonce", "--output_dir", str(tmp_path)]
+    _finish_runs_without_training(ablation, argv)
+    summary = ablation.main(argv)  # nothing to train: both runs are finished
+    assert summary["results"]["0"]["infonce"]["metrics"]["map@all"] == 0.25
+    assert "| infonce | 25.00 |" in (tmp_path / "table.md").read_text()
+
+
+def test_a_finished_run_with_other_settings_is_refused_not_reported(tmp_path):
+    ablation = _ablation_module()
+    _finish_runs_without_training(ablation, ["--seeds", "0", "--output_dir", str(tmp_path)])
+    # The untrained score does not depend on the iterations, so only the trained run is refused.
+    with pytest.raises(SystemExit, match=r"infonce holds a finished run made with other settings \(iterations: 150 -> 600"):
+        ablation.main(["--seeds", "0", "--variants", "untrained", "infonce", "--iterations", "600", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"untrained holds a finished run made with other settings \(image_size: 128 -> 224"):
+        ablation.main(["--seeds", "0", "--variants", "untrained", "--image_size", "224", "--output_dir", str(tmp_path)])
