@@ -43,8 +43,9 @@ def choose_backend(num_queries: int, num_gallery: int) -> str:
     ``benchmarks/bench_search.py`` (exact top-10 over 10k and 1M random 512-d embeddings, query
     batches of 1 and 64, 2-core CPU; table in BENCHMARKS.md) found the chunked torch matmul
     faster than faiss-cpu ``IndexFlatIP`` in 3 of 4 cells -- 2-3x faster for batched queries --
-    and within 12 % in the fourth (1M gallery, one query); it needs no second copy of the gallery. faiss stays available as
-    ``backend="faiss"``. The arguments are kept so the rule can depend on the sizes later.
+    and within 12 % in the fourth (1M gallery, one query); it needs no second copy of the
+    gallery. faiss stays available as ``backend="faiss"``. The arguments are kept so the rule can
+    depend on the sizes later.
     """
     return "torch"
 
