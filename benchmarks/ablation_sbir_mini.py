@@ -157,8 +157,9 @@ def study_preprocessing(args) -> str:
     rows = ["| ink-box crop | stroke +px | map@all | map@200 | p@100 | photo_map@all |", "|---|---|---|---|---|---|"]
     for crop in (True, False):
         for width in (0, 1, 2):
-            args.sketch_ink_crop, args.sketch_stroke_width = crop, width
-            m = evaluate_untrained(base_config(args, args.seeds[0], "untrained"))["metrics"]
+            # A copy: `args` is what results.json records for the main table.
+            study = argparse.Namespace(**{**vars(args), "sketch_ink_crop": crop, "sketch_stroke_width": width})
+            m = evaluate_untrained(base_config(study, args.seeds[0], "untrained"))["metrics"]
             rows.append(
                 f"| {crop} | {width} | {100 * m['map@all']:.2f} | {100 * m['map@200']:.2f} | {100 * m['p@100']:.2f} | "
                 f"{100 * m['photo_map@all']:.2f} |"

@@ -43,7 +43,6 @@ def test_reproduction_command_runs_at_two_iterations(tmp_path):
     assert sorted(config["anchor_class_names"]) == sorted(split.train_classes)
 
 
-
 def _ablation_module():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -79,3 +78,20 @@ def test_a_finished_run_with_other_settings_is_refused_not_reported(tmp_path):
         ablation.main(["--seeds", "0", "--variants", "untrained", "infonce", "--iterations", "600", "--output_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"untrained holds a finished run made with other settings \(image_size: 128 -> 224"):
         ablation.main(["--seeds", "0", "--variants", "untrained", "--image_size", "224", "--output_dir", str(tmp_path)])
+
+
+def test_preprocessing_study_leaves_the_recorded_settings_alone(tmp_path, monkeypatch):
+    ablation = _ablation_module()
+    argv = ["--seeds", "0", "--variants", "untrained", "--study_preprocessing", "--output_dir", str(tmp_path)]
+    _finish_runs_without_training(ablation, argv)
+    studied = []
+
+    def fake_untrained(cfg):  # the study's six evaluations, without loading sbir-mini
+        studied.append((cfg.sketch_ink_crop, cfg.sketch_stroke_width))
+        return {"metrics": {k: 0.5 for k in ablation.KEYS}}
+
+    monkeypatch.setattr(ablation, "evaluate_untrained", fake_untrained)
+    ablation.main(argv)
+    assert studied == [(True, 0), (True, 1), (True, 2), (False, 0), (False, 1), (False, 2)]
+    recorded = json.loads((tmp_path / "results.json").read_text())["args"]
+    assert (recorded["sketch_ink_crop"], recorded["sketch_stroke_width"]) == (True, 1)
