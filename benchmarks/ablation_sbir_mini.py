@@ -81,13 +81,12 @@ def evaluate_untrained(cfg) -> dict:
 
     from hf_sbir.training.evaluation import BackboneFeatureModel
     from hf_sbir.training.methods import get_method_class
-    from hf_sbir.training.trainer import load_data
 
     set_seed(cfg.seed)
     method = get_method_class(cfg.method)(cfg)
     model = method.build_model().eval()
     transform = method.build_transform(model)
-    return method.evaluate(BackboneFeatureModel(model), load_data(cfg), transform)
+    return method.evaluate(BackboneFeatureModel(model), method.load_data(), transform)
 
 
 # What the untrained backbone's scores depend on; a trained run depends on every setting but these.
