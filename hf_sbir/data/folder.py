@@ -99,7 +99,7 @@ def load_sbir_folder(
         layout: `"auto"`, `"domain_first"` or `"class_first"`.
         seed: seed of the GZS hold-out, recorded in `info.description`.
         gzs_fraction: share of each seen class's photos held out with `gzs=True`.
-        verify: check every file with PIL `verify()` at load time.
+        verify: check every file at load time (PIL `verify()` and a full decode, see `hf_sbir.data.core.verify_image`).
 
     Returns:
         `DatasetDict` with `train`/`test` (with a split) or `all` (without); columns

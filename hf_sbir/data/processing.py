@@ -180,8 +180,30 @@ def _image_processor_from_dict(config: dict):
     return cls(**kwargs)
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """Scale 16-bit and 32-bit greyscale images (modes `I;16*`, `I`, `F`) to 8-bit `"L"`; other modes pass.
+
+    PIL's own `convert("L")`/`convert("RGB")` clips these at 255, so a 16-bit photo would become pure
+    white. `I;16` is scaled by 1/257 (65535 -> 255); `I` by 1/257 only when it holds values above 255
+    (PNG 16-bit greyscale may open as `I`); `F` in [0, 1] is scaled by 255, otherwise clipped.
+    """
+    if not (img.mode.startswith("I;16") or img.mode in ("I", "F")):
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16") or (img.mode == "I" and a.size and a.max() > 255):
+        a = a / 257.0
+    elif img.mode == "F" and a.size and a.max() <= 1.0:
+        a = a * 255.0
+    out = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), mode="L")
+    out.filename = getattr(img, "filename", "")  # keep the source path for error messages (see `_where`)
+    return out
+
+
 def load_image(image: Union[str, os.PathLike, Image.Image, dict]) -> Image.Image:
     """Open `image` (a path, a PIL image, or a `datasets` `{"path", "bytes"}` dict) and load its pixels.
+
+    High-bit-depth greyscale comes back as 8-bit `"L"` (`to_8bit`), so later `convert` calls see the
+    right brightness.
 
     Raises:
         CorruptImageError: naming the path when the file cannot be read.
@@ -200,7 +222,7 @@ def load_image(image: Union[str, os.PathLike, Image.Image, dict]) -> Image.Image
         img.load()
     except Exception as err:  # PIL raises several types on truncated/garbage files
         raise CorruptImageError(path, f"{type(err).__name__}: {err}") from err
-    return img
+    return to_8bit(img)
 
 
 class SbirImageTransform:
@@ -223,7 +245,8 @@ class SbirImageTransform:
         sketch_ink_threshold: grey level below which a pixel counts as ink for the crop.
         photo_pad_to_square: pad photos to a square (white) before resizing, keeping aspect ratio.
         empty_sketch: `"raise"` (default) raises `EmptySketchError`; `"keep"` passes the blank
-            sketch through uncropped.
+            sketch through uncropped (training uses it so that one blank sketch in the data does not stop
+            a run; `for_inference()` gives the copy a saved model carries, which refuses blank queries).
     """
 
     def __init__(
@@ -255,6 +278,11 @@ class SbirImageTransform:
         self.sketch_ink_threshold = sketch_ink_threshold
         self.photo_pad_to_square = photo_pad_to_square
         self.empty_sketch = empty_sketch
+
+    def for_inference(self) -> "SbirImageTransform":
+        """A copy with `empty_sketch="raise"`: what a trained model saves, so that a blank query is refused
+        (`EmptySketchError`) as by the default transform, not silently scored."""
+        return type(self).from_dict({**self.to_dict(), "empty_sketch": "raise"})
 
     def prepare(self, image, domain: str) -> Image.Image:
         """Apply the domain's PIL steps and return an RGB image (before resize/normalise)."""

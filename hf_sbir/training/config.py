@@ -28,6 +28,7 @@ class TrainConfig:
     dataset: str = "embedded"
     split: str | None = "embedded"  # a shipped zero-shot split (hf_sbir.data.list_splits()) or None
     gzs: bool = False  # generalised zero-shot gallery (20% of seen-class photos held out)
+    corrupt_images: str = "warn"  # unreadable/truncated image files: "warn" skips each, naming it; "raise" stops at the first
     # Model: a backbone hub id / folder / "packaged" / None (automatic); or a tiny config for tests.
     backbone: str | None = None
     backbone_config: dict | None = None  # build the backbone from this config (random init) instead

@@ -98,7 +98,7 @@ def load_zero_shot_data(args):
     the leak guard, because zero-shot means zero-shot."""
     from hf_sbir.data import guard_training_set, load_sbir_dataset
 
-    data = load_sbir_dataset(args.dataset, split=args.split, gzs=args.gzs)
+    data = load_sbir_dataset(args.dataset, split=args.split, gzs=args.gzs, on_error=args.corrupt_images)
     if args.split:
         guard_training_set(data["train"], args.split)
     return data

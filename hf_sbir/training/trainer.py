@@ -3,7 +3,8 @@
 accelerate handles devices, mixed precision, gradient accumulation and DDP; checkpoints use
 `Accelerator.save_state` (model, optimiser, scheduler, RNG states) plus the loop's own state (the
 iteration reached, the method's extra state), so `resume=True` continues where a stopped run left
-off and ends with the same weights as a run that never stopped.
+off and ends with the same weights as a run that never stopped. How checkpoints and the exported
+folder are kept safe from kills, corruption and changed settings is `hf_sbir.training.checkpointing`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +23,19 @@ from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from hf_sbir.training.checkpointing import (  # noqa: F401  (CHECKPOINT_PREFIX, list_checkpoints: public here too)
+    CHECKPOINT_PREFIX,
+    atomic_directory,
+    describe_last_good,
+    list_checkpoints,
+    resume_from_checkpoint,
+    save_checkpoint,
+)
 from hf_sbir.training.config import TrainConfig
 from hf_sbir.training.method import load_zero_shot_data
 from hf_sbir.training.methods import get_method_class
 
 logger = logging.getLogger("hf_sbir")
-
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 class JsonlTracker(GeneralTracker):
@@ -82,14 +88,6 @@ class TrainResult:
     metrics_after: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     model: torch.nn.Module | None = None  # the exported model (e.g. the EMA copy), in eval mode, on the main process
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
 def load_data(args: TrainConfig):
@@ -147,13 +145,7 @@ def train(args: TrainConfig) -> TrainResult:
 
     start = 0
     if checkpoints:
-        last = checkpoints[-1]
-        accelerator.load_state(str(last))
-        state = json.loads((last / "trainer_state.json").read_text())
-        start = state["iterations_done"]
-        method_state_file = last / "method_state.pt"
-        if method_state_file.is_file():
-            method.load_state_dict(torch.load(method_state_file, weights_only=True))
+        start, last = resume_from_checkpoint(accelerator, method, output_dir, args)  # newest intact, same settings
         logger.info("Resumed from %s (iteration %d of %d).", last, start, args.iterations)
 
     end = args.iterations if args.stop_after is None else min(args.iterations, start + args.stop_after)
@@ -173,7 +165,7 @@ def train(args: TrainConfig) -> TrainResult:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"Loss became {loss.item()} at iteration {iteration}; lower the learning rate or check the data. "
-                        f"The last checkpoint is in {output_dir / 'checkpoints'}."
+                        f"Nothing was saved for it; {describe_last_good(output_dir)}."
                     )
                 accelerator.backward(loss)
                 if args.max_grad_norm and accelerator.sync_gradients:
@@ -191,7 +183,7 @@ def train(args: TrainConfig) -> TrainResult:
         bar.update(1)
         done = iteration + 1
         if done % args.checkpoint_every == 0 or done == end:
-            save_checkpoint(accelerator, method, output_dir, done, args.keep_checkpoints)
+            save_checkpoint(accelerator, method, output_dir, done, args.keep_checkpoints, args=args, model=model)
     bar.close()
 
     done = end
@@ -214,32 +206,30 @@ def train(args: TrainConfig) -> TrainResult:
     return result
 
 
-def save_checkpoint(accelerator: Accelerator, method, output_dir: Path, done: int, keep: int) -> Path:
-    path = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{done}"
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        torch.save(method.state_dict(), path / "method_state.pt")
-        # Written last: a checkpoint without it (a crash mid-save) is ignored by resume.
-        (path / "trainer_state.json").write_text(json.dumps({"iterations_done": done}))
-        for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
 def export_model(model, transform, args: TrainConfig, result: TrainResult, card_info: dict | None = None) -> Path:
+    """`<output_dir>/model`, written atomically (`checkpointing.atomic_directory`: a kill leaves the previous
+    folder or none, never a half one), then the optional push_to_hub."""
+    model_dir = Path(args.output_dir) / "model"
+    with atomic_directory(model_dir) as staging:
+        write_model_folder(staging, model, transform, args, result, card_info)
+    if args.push_to_hub:
+        push_folder_to_hub(model_dir, args.hub_model_id)
+    return model_dir
+
+
+def write_model_folder(model_dir: Path, model, transform, args: TrainConfig, result: TrainResult, card_info: dict | None = None) -> None:
     """save_pretrained folder + processor configs + generated model card (`card_info`: the method's
-    `model_card_info()`); optional push_to_hub."""
+    `model_card_info()`)."""
     from hf_sbir.training.model_card import write_model_card
 
-    model_dir = Path(args.output_dir) / "model"
+    # Training tolerates a blank sketch in the data ("keep"); the saved model refuses blank queries, as the
+    # default transform does, instead of silently scoring them.
+    transform = transform.for_inference()
     model.save_pretrained(model_dir)
     transform.save_pretrained(model_dir)
     # A plain transformers image processor config too, so AutoImageProcessor works on the folder.
     transform.image_processor.save_pretrained(model_dir)
     write_model_card(model_dir, args, result, card_info)
-    if args.push_to_hub:
-        push_folder_to_hub(model_dir, args.hub_model_id)
-    return model_dir
 
 
 def push_folder_to_hub(folder: Path, repo_id: str) -> str:
