@@ -267,23 +267,24 @@ def prune_checkpoints(output_dir: Path, keep: int, protect: Path) -> list[Path]:
     return doomed
 
 
-def resume_from_checkpoint(accelerator, method, output_dir: str | Path, args) -> tuple[int, Path]:
-    """Load the newest intact checkpoint of the run into `accelerator`'s objects and `method`.
+def plan_resume(output_dir: str | Path, args) -> list[Path]:
+    """The checkpoints `resume_from_checkpoint` may load, best first, checked before any work starts.
 
-    Returns `(iterations_done, path)`. Damaged checkpoints are skipped with one warning naming them;
-    `ResumeMismatchError` if the run's settings changed; `CheckpointError` if no checkpoint is intact.
+    Damaged checkpoints (see `verify_checkpoint`) are left out with one warning naming them;
+    `ResumeMismatchError` if the newest intact one was trained with other settings (one line naming each
+    difference); `CheckpointError` if none is intact. Nothing is deleted either way.
     """
     output_dir = Path(output_dir)
     skipped: list[str] = []
+    usable: list[Path] = []
     current = run_settings(args)
     for path in reversed(list_checkpoints(output_dir)):
         problem = verify_checkpoint(path)
         if problem is None:
-            state = json.loads((path / TRAINER_STATE_NAME).read_text())
-            saved = state.get("run_settings")
+            saved = json.loads((path / TRAINER_STATE_NAME).read_text()).get("run_settings")
             if saved is None:
                 problem = "it records no run settings (written by an older hf-sbir), so it cannot be checked"
-            else:
+            elif not usable:
                 diffs = compare_run_settings(saved, current)
                 if diffs:
                     raise ResumeMismatchError(
@@ -291,23 +292,36 @@ def resume_from_checkpoint(accelerator, method, output_dir: str | Path, args) ->
                         "Resume with the original settings, or start this run in a new --output_dir."
                     )
         if problem is None:
-            try:
-                accelerator.load_state(str(path))
-                method_state = path / METHOD_STATE_NAME
-                if method_state.is_file():
-                    method.load_state_dict(torch.load(method_state, weights_only=True))
-            except Exception as err:  # a checksum-clean file that still does not load (library mismatch ...)
-                problem = f"it does not load ({type(err).__name__}: {err})"
-        if problem is not None:
+            usable.append(path)
+        elif not usable:
             skipped.append(f"{path.name} ({problem})")
+    if not usable:
+        raise CheckpointError(
+            f"No intact checkpoint to resume from in {output_dir / 'checkpoints'}: {', '.join(skipped)}. Nothing was "
+            "deleted; move the folder away to start over, or resume from a copy of an intact checkpoint."
+        )
+    if skipped:
+        logger.warning("Skipped damaged checkpoint(s) %s; resuming from %s instead.", ", ".join(skipped), usable[0])
+    return usable
+
+
+def resume_from_checkpoint(accelerator, method, plan: list[Path]) -> tuple[int, Path]:
+    """Load the first checkpoint of `plan` (from `plan_resume`) that loads into `accelerator`'s objects and
+    `method`; returns `(iterations_done, path)`."""
+    failed = []
+    for path in plan:
+        try:
+            accelerator.load_state(str(path))
+            method_state = path / METHOD_STATE_NAME
+            if method_state.is_file():
+                method.load_state_dict(torch.load(method_state, weights_only=True))
+        except Exception as err:  # checksum-clean files that still do not load (e.g. a library mismatch)
+            failed.append(f"{path.name} ({type(err).__name__}: {err})")
             continue
-        if skipped and accelerator.is_main_process:
-            logger.warning("Skipped damaged checkpoint(s) %s; resuming from %s instead.", ", ".join(skipped), path)
-        return int(state["iterations_done"]), path
-    raise CheckpointError(
-        f"No intact checkpoint to resume from in {output_dir / 'checkpoints'}: {', '.join(skipped)}. Nothing was "
-        "deleted; move the folder away to start over, or resume from a copy of an intact checkpoint."
-    )
+        if failed and accelerator.is_main_process:
+            logger.warning("Could not load checkpoint(s) %s; resumed from %s instead.", "; ".join(failed), path)
+        return int(json.loads((path / TRAINER_STATE_NAME).read_text())["iterations_done"]), path
+    raise CheckpointError(f"No checkpoint of the run loads: {'; '.join(failed)}. Nothing was deleted.")
 
 
 # -------------------------------------------------------------------------------- atomic folders

@@ -28,6 +28,7 @@ from hf_sbir.training.checkpointing import (  # noqa: F401  (CHECKPOINT_PREFIX, 
     atomic_directory,
     describe_last_good,
     list_checkpoints,
+    plan_resume,
     resume_from_checkpoint,
     save_checkpoint,
 )
@@ -116,6 +117,7 @@ def train(args: TrainConfig) -> TrainResult:
     checkpoints = list_checkpoints(output_dir) if args.resume else []
     if args.resume and not checkpoints:
         logger.warning("resume=True but no checkpoint in %s: starting from scratch.", output_dir / "checkpoints")
+    resume_plan = plan_resume(output_dir, args) if checkpoints else []  # before any work: intact, same settings
     if not args.resume and list_checkpoints(output_dir) and accelerator.is_main_process:
         raise FileExistsError(
             f"{output_dir} already holds checkpoints of another run. Pass --resume true to continue it, or choose "
@@ -145,7 +147,7 @@ def train(args: TrainConfig) -> TrainResult:
 
     start = 0
     if checkpoints:
-        start, last = resume_from_checkpoint(accelerator, method, output_dir, args)  # newest intact, same settings
+        start, last = resume_from_checkpoint(accelerator, method, resume_plan)
         logger.info("Resumed from %s (iteration %d of %d).", last, start, args.iterations)
 
     end = args.iterations if args.stop_after is None else min(args.iterations, start + args.stop_after)
