@@ -231,3 +231,78 @@ def test_non_finite_weights_never_reach_a_checkpoint(tmp_path):
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1"]
     assert verify_checkpoint(out / "checkpoints" / "checkpoint-1") is None
     assert all(torch.isfinite(t).all() for t in _weights(out / "checkpoints" / "checkpoint-1").values())
+
+
+# ------------------------------------------------------------------------------ kills (SIGKILL)
+# The child runs train() with one function wrapped so that its n-th call kills the process (SIGKILL: no
+# cleanup, no finally blocks), the closest a test gets to a power cut or an OOM kill at that point.
+_CHILD = textwrap.dedent(
+    """
+    import importlib, json, logging, os, signal, sys
+    import hf_sbir
+    from hf_sbir.training import TrainConfig, train
+
+    module_name, attr, nth = sys.argv[2], sys.argv[3], int(sys.argv[4])
+    module = importlib.import_module(module_name)
+    original = getattr(module, attr)
+    calls = [0]
+
+    def killer(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+
+    setattr(module, attr, killer)
+    train(TrainConfig(**json.loads(open(sys.argv[1]).read())))
+    """
+)
+
+
+def _run_killed(args: TrainConfig, target: str, nth: int, tmp_path: Path):
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps(args.to_dict()))
+    module, attr = target.split(":")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(config), module, attr, str(nth)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+KILL_POINTS = {
+    # where                                 (function wrapped, its n-th call, intact checkpoints left)
+    "before the second checkpoint": ("hf_sbir.training.trainer:save_checkpoint", 2, ["checkpoint-2"]),
+    "inside accelerate's save_state": ("torch:save", 5, ["checkpoint-2"]),
+    "before the manifest": ("hf_sbir.training.checkpointing:write_manifest", 2, ["checkpoint-2"]),
+    "after the rename, before pruning": ("hf_sbir.training.checkpointing:prune_checkpoints", 2, ["checkpoint-2", "checkpoint-4"]),
+    "during the export": ("hf_sbir.training.model_card:write_model_card", 1, ["checkpoint-6"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", list(KILL_POINTS))
+def test_a_kill_never_loses_a_checkpoint_and_resume_is_exact(tmp_path, reference, where):
+    target, nth, intact = KILL_POINTS[where]
+    out = tmp_path / "run"
+    _run_killed(tiny_args(out, keep_checkpoints=1), target, nth, tmp_path)
+    assert [p.name for p in list_checkpoints(out)] == intact
+    assert all(verify_checkpoint(p) is None for p in list_checkpoints(out))
+    # A killed export leaves no model folder at all, never one that loads with files missing.
+    assert not (out / "model").exists()
+    resumed = train(tiny_args(out, keep_checkpoints=1, resume=True))
+    assert resumed.finished
+    _assert_same_weights(resumed.model_dir, reference / "model")
+    check_model_folder(resumed.model_dir)
+
+
+@pytest.mark.slow
+def test_a_kill_during_re_export_keeps_the_previous_model_folder(tmp_path, reference):
+    run = _copy(reference, tmp_path)
+    before = {p.name: p.read_bytes() for p in (run / "model").iterdir()}
+    # Resuming a finished run re-exports it; kill that export half-way (weights written, card not).
+    _run_killed(tiny_args(run, resume=True), "hf_sbir.training.model_card:write_model_card", 1, tmp_path)
+    after = {p.name: p.read_bytes() for p in (run / "model").iterdir()}
+    assert after == before
+    check_model_folder(run / "model")
