@@ -40,6 +40,9 @@ def load_model_and_transform(model_path: str, image_size: int | None = None):
     path = Path(model_path)
     if path.exists() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a saved model folder (no config.json).")
+    from hf_sbir.training.checkpointing import check_model_folder
+
+    check_model_folder(path)  # an interrupted export must not load with a default transform
     model = AutoModel.from_pretrained(model_path).eval()
     if model.config.model_type == "shape_views":
         # Its transform adds scale normalisation (and saves the settings of it in the same json file).

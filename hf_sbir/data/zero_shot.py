@@ -18,7 +18,10 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import re
+import unicodedata
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable, Union
@@ -46,6 +49,10 @@ class ZeroShotLeakError(ValueError):
     """Raised when a class of the zero-shot test (unseen) set appears among the training classes."""
 
 
+class ZeroShotLeakWarning(UserWarning):
+    """A training class that is not an unseen test class but nearly the same name (a typo or variant?)."""
+
+
 class UnknownSplitError(ValueError, KeyError):
     """Raised for a split or class-list name that is not shipped; the message lists the known ones."""
 
@@ -54,16 +61,45 @@ class UnknownSplitError(ValueError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def normalize_class_name(name: str) -> str:
-    """Normalise a class name for leak checks: lower-case, `_`/`-`/runs of spaces -> one space, strip.
+# Near-duplicate class names (difflib ratio of the leak keys) at or above this are flagged with a warning:
+# "aeroplane"/"airplane" (0.82) are not, "butterfly"/"buterfly" (0.94) are.
+NEAR_DUPLICATE_RATIO = 0.9
 
-    Parentheses are kept, so `car_(sedan)` and `car (sedan)` match each other but not `car`.
+
+def normalize_class_name(name: str) -> str:
+    """Normalise a class name for matching: Unicode NFKC (full-width letters -> ASCII), format characters
+    (zero-width spaces, soft hyphens) removed, case-folded, and every run of spaces and punctuation
+    (`_`, `-`, `.`, ...) -> one space.
+
+    Parentheses count as punctuation but their words are kept, so `car_(sedan)` and `car (sedan)` match
+    each other but not `car`.
     """
-    return re.sub(r"[\s_\-]+", " ", name.lower()).strip()
+    text = unicodedata.normalize("NFKC", str(name))
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf").casefold()
+    return re.sub(r"[\W_]+", " ", text).strip()
+
+
+def _singular(word: str) -> str:
+    """English simple plurals only (the spelling variants of class names): trees -> tree,
+    butterflies -> butterfly, boxes/benches -> box/bench; glass, bus keep their s."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def leak_key(name: str) -> str:
+    """What two names must share to count as the same class in the leak check: `normalize_class_name`,
+    each word singular, spaces removed ("palm_trees", "palmtree", "Palm.Tree" -> "palmtree")."""
+    return "".join(_singular(w) for w in normalize_class_name(name).split())
 
 
 def check_no_leak(train_class_names: Iterable[str], test_class_names: Iterable[str]) -> None:
-    """Raise `ZeroShotLeakError` if any training class is, after normalisation, an unseen test class.
+    """Raise `ZeroShotLeakError` if any training class is, after normalisation (`leak_key`), an unseen test
+    class; warn (`ZeroShotLeakWarning`) about near-duplicates (`NEAR_DUPLICATE_RATIO`), which may be typos.
 
     Args:
         train_class_names: class names that will be trained on.
@@ -72,13 +108,27 @@ def check_no_leak(train_class_names: Iterable[str], test_class_names: Iterable[s
     Raises:
         ZeroShotLeakError: naming every overlapping class (as spelled on both sides).
     """
-    test_by_norm: dict[str, list[str]] = {}
+    test_by_key: dict[str, list[str]] = {}
     for name in test_class_names:
-        test_by_norm.setdefault(normalize_class_name(name), []).append(name)
-    leaks = []
+        test_by_key.setdefault(leak_key(name), []).append(name)
+    leaks, near = [], []
     for name in sorted(set(train_class_names)):
-        for test_name in test_by_norm.get(normalize_class_name(name), []):
-            leaks.append(name if name == test_name else f"{name} (test: {test_name})")
+        key = leak_key(name)
+        for test_name in test_by_key.get(key, []):
+            leaks.append(name if name == test_name else f"{name!r} (test: {test_name!r})")
+        if key not in test_by_key:
+            matcher = difflib.SequenceMatcher(None, key)
+            for test_key, test_names in test_by_key.items():
+                matcher.set_seq1(test_key)
+                if matcher.quick_ratio() >= NEAR_DUPLICATE_RATIO and matcher.ratio() >= NEAR_DUPLICATE_RATIO:
+                    near.extend(f"{name!r} ~ {t!r}" for t in test_names)
+    if near:
+        warnings.warn(
+            f"Possible zero-shot leak: training class(es) with nearly the name of an unseen test class: "
+            f"{', '.join(near)}. If they are the same class, remove it from the training data.",
+            ZeroShotLeakWarning,
+            stacklevel=2,
+        )
     if leaks:
         raise ZeroShotLeakError(
             f"Zero-shot leak: {len(leaks)} unseen test class(es) would be trained on: {', '.join(leaks)}. "

@@ -8,12 +8,19 @@ On disk a `GalleryIndex` is a folder with two files::
                               "model_name_or_path", "metadata": [one dict per row]}
 
 Search is exact: a chunked torch matmul with a running top-k, or faiss ``IndexFlatIP``.
+
+An index is validated when built and when loaded (`validate_gallery`): finite, unit-norm rows (a NaN
+row would score NaN against every query), one metadata dict per row with string keys, unique ``id``s,
+and ``path`` values that name image files without ``..`` components (an index folder may come from
+someone else, and the Space serves the files its rows point to). Text from metadata (labels) is data:
+whatever renders it escapes it (the Space's `markdown_text`, the HTML report's ``html.escape``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +42,58 @@ _SEARCH_ELEMENTS = 1 << 25
 _QUERY_BLOCK = 4096
 
 Backend = Literal["auto", "torch", "faiss"]
+# Rows must be unit-norm to this tolerance (float32 normalisation is exact to ~1e-7; 1e-3 allows fp16 sources).
+NORM_TOLERANCE = 1e-3
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_gallery(embeddings: torch.Tensor, metadata: Sequence[dict]) -> None:
+    """Raise `ValueError` (one line naming the first bad row) unless the gallery is safe to search and show.
+
+    Checks: finite values; unit L2 norm within `NORM_TOLERANCE`; every metadata entry a dict with string
+    keys; ``id`` values (where present) unique strings or integers; ``label`` a string, integer or None;
+    ``path`` None or a string naming an image file (`IMAGE_EXTENSIONS`) without ``..`` components or
+    control characters.
+    """
+    finite = torch.isfinite(embeddings).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise ValueError(f"embeddings of {len(bad)} row(s) hold NaN/inf (first: row {bad[0]}); rebuild the index from the images")
+    norms = embeddings.norm(dim=1)
+    off = torch.nonzero((norms - 1).abs() > NORM_TOLERANCE).flatten().tolist()
+    if off:
+        raise ValueError(
+            f"{len(off)} row(s) are not L2-normalised (row {off[0]} has norm {float(norms[off[0]]):.4g}); "
+            "pass normalize=True or rebuild the index"
+        )
+    seen_ids: dict[Any, int] = {}
+    for row, entry in enumerate(metadata):
+        if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
+            raise ValueError(f"metadata row {row} must be a dict with string keys, got {type(entry).__name__}")
+        if "id" in entry:
+            value = entry["id"]
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise ValueError(f"metadata row {row}: 'id' must be a string or integer, got {type(value).__name__}")
+            if value in seen_ids:
+                raise ValueError(f"metadata rows {seen_ids[value]} and {row} have the same id {value!r}; ids must be unique")
+            seen_ids[value] = row
+        label = entry.get("label")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, (str, int))):
+            raise ValueError(f"metadata row {row}: 'label' must be a string, integer or None, got {type(label).__name__}")
+        path = entry.get("path")
+        if path is not None:
+            if not isinstance(path, str):
+                raise ValueError(f"metadata row {row}: 'path' must be a string, got {type(path).__name__}")
+            parts = re.split(r"[\\/]", path)
+            if (
+                _CONTROL_CHARS.search(path)
+                or ".." in parts
+                or not path.lower().endswith(tuple(IMAGE_EXTENSIONS))
+            ):
+                raise ValueError(
+                    f"metadata row {row}: 'path' {path[:80]!r} is not an image file path (paths must end in "
+                    f"{'/'.join(IMAGE_EXTENSIONS)} and contain no '..' or control characters)"
+                )
 
 
 def choose_backend(num_queries: int, num_gallery: int) -> str:
@@ -166,9 +225,10 @@ class GalleryIndex:
         self.embeddings = (F.normalize(embeddings, dim=1) if normalize else embeddings).contiguous()
         if metadata is None:
             metadata = [{} for _ in range(embeddings.shape[0])]
-        metadata = [dict(m) for m in metadata]
+        metadata = [dict(m) if isinstance(m, dict) else m for m in metadata]
         if len(metadata) != embeddings.shape[0]:
             raise ValueError(f"got {len(metadata)} metadata entries for {embeddings.shape[0]} embeddings")
+        validate_gallery(self.embeddings, metadata)
         self.metadata = metadata
         self.model_name_or_path = None if model_name_or_path is None else str(model_name_or_path)
         self._faiss_index = None
@@ -308,7 +368,15 @@ class GalleryIndex:
                 f"{directory}: the index has dim {dim} but {expected_dim} was expected "
                 f"(built with model {info.get('model_name_or_path')!r})"
             )
-        return cls(embeddings, metadata, info.get("model_name_or_path"), normalize=False)
+        if embeddings.dtype != torch.float32:
+            raise ValueError(f"{directory / EMBEDDINGS_FILE}: embeddings are {embeddings.dtype}, float32 expected")
+        name = info.get("model_name_or_path")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"{directory / INDEX_FILE}: model_name_or_path must be a string or null")
+        try:
+            return cls(embeddings, metadata, name, normalize=False)
+        except ValueError as error:
+            raise ValueError(f"{directory}: {error}") from None
 
 
 def _model_name(model: Any) -> str | None:

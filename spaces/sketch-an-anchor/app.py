@@ -26,6 +26,7 @@ from sketch_search import (  # noqa: E402
     is_blank,
     load_model,
     load_or_build_gallery,
+    markdown_text,
     open_upload,
     sketch_from_editor,
 )
@@ -58,7 +59,7 @@ def build_demo(searcher: SketchSearch, default_k: int = 8, gallery_name: str = "
             w, h = image.info["downscaled_from"]
             note = f" (your {w}x{h} upload was downscaled)"
         top = results[0]
-        return show(results), f"Top match: **{top[1]}** ({top[2]:.3f}) — {len(results)} results{note}."
+        return show(results), f"Top match: **{markdown_text(top[1])}** ({top[2]:.3f}) — {len(results)} results{note}."
 
     def on_sketch(value, k, progress=gr.Progress()):
         image = sketch_from_editor(value)

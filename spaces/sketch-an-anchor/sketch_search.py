@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -223,9 +224,17 @@ def load_or_build_gallery(
 # -------------------------------------------------------------------------------------- input
 def open_upload(path: str | os.PathLike) -> Image.Image:
     """Open an uploaded file as an image: refuses non-images and > 200 MP, downscales > 20 MP."""
-    Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves before decoding
+    # PIL's decompression-bomb limit stays in force for the whole process (the gallery loaders rely on it):
+    # this upload alone may exceed its warning threshold, up to PIL's hard limit (2x MAX_IMAGE_PIXELS).
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise SketchSearchError(
+            f"{Path(path).name} is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} MP); "
+            "upload a smaller image."
+        ) from None
     except Exception as error:
         raise SketchSearchError(
             f"{Path(path).name} is not an image file PIL can read ({type(error).__name__}); upload a PNG or JPEG sketch."
@@ -274,6 +283,15 @@ def sketch_from_editor(value: Any) -> Image.Image | None:
             out.alpha_composite(layer.convert("RGBA").resize(base.size))
         return out
     return Image.fromarray(value)
+
+
+def markdown_text(value: Any) -> str:
+    """`value` as literal text inside Markdown: gallery metadata (a class name) is data, never markup, so
+    `<script>` or `[x](javascript:...)` from a hostile index is shown as typed, not rendered."""
+    import html
+    import re
+
+    return re.sub(r"([\\`*_\[\]()|~])", r"\\\1", html.escape(str(value), quote=False))
 
 
 def is_blank(image: Image.Image | None) -> bool:
