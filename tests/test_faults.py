@@ -306,3 +306,229 @@ def test_a_kill_during_re_export_keeps_the_previous_model_folder(tmp_path, refer
     after = {p.name: p.read_bytes() for p in (run / "model").iterdir()}
     assert after == before
     check_model_folder(run / "model")
+
+
+# --------------------------------------------------------------------------- exported folders
+def test_evaluate_refuses_a_half_written_model_folder(tmp_path, reference, capsys):
+    from hf_sbir import evaluate as evaluate_cli
+
+    # What a kill during the old, non-atomic export left: weights and config, no preprocessing, no manifest.
+    legacy = tmp_path / "legacy"
+    shutil.copytree(reference / "model", legacy)
+    (legacy / "sbir_image_transform.json").unlink()
+    (legacy / MANIFEST_NAME).unlink()
+    # A folder with a manifest whose weights were cut short (a partial copy).
+    cut = tmp_path / "cut"
+    shutil.copytree(reference / "model", cut)
+    _truncate(cut / "model.safetensors")
+    for folder, culprit in ((legacy, "sbir_image_transform.json"), (cut, "model.safetensors")):
+        with pytest.raises(IncompleteModelFolderError, match=culprit):
+            check_model_folder(folder)
+        assert evaluate_cli.main(["--model", str(folder)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and culprit in _one_line(err) and str(folder) in err
+
+
+def test_the_saved_transform_refuses_blank_sketches(reference):
+    from hf_sbir.data import EmptySketchError, SbirImageTransform
+
+    transform = SbirImageTransform.from_pretrained(reference / "model")
+    assert transform.empty_sketch == "raise"  # training used "keep"; the saved model must not score blanks
+    with pytest.raises(EmptySketchError, match="Empty sketch"):
+        transform(Image.new("L", (64, 64), 255), "sketch")
+
+
+# ------------------------------------------------------------------------------------- images
+def _ink(size=(64, 64)) -> Image.Image:
+    img = Image.new("L", size, 255)
+    img.paste(0, (10, 10, 50, 14))
+    img.paste(0, (10, 10, 14, 50))
+    return img
+
+
+def _photo(seed: int, size=(64, 48)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def folder_with_truncated_jpeg(tmp_path) -> tuple[Path, Path]:
+    root = tmp_path / "data"
+    for cls in ("cat", "dog"):
+        (root / "sketch" / cls).mkdir(parents=True)
+        (root / "photo" / cls).mkdir(parents=True)
+        for i in range(2):
+            _ink().save(root / "sketch" / cls / f"s{i}.png")
+            _photo(i).save(root / "photo" / cls / f"p{i}.jpg", quality=90)
+    bad = root / "photo" / "dog" / "p1.jpg"
+    _truncate(bad, 0.6)
+    with Image.open(bad) as img:
+        img.verify()  # the old check passes it: only a full decode sees the truncation
+    return root, bad
+
+
+def test_truncated_jpeg_is_caught_at_load_time_under_warn_and_raise(folder_with_truncated_jpeg):
+    from hf_sbir.data import CorruptImageError, CorruptImageWarning, load_sbir_folder
+
+    root, bad = folder_with_truncated_jpeg
+    with pytest.warns(CorruptImageWarning, match=str(bad)):
+        data = load_sbir_folder(root, on_error="warn")
+    assert "photo/dog/p1.jpg" not in data["all"]["id"] and len(data["all"]) == 7
+    with pytest.raises(CorruptImageError) as err:
+        load_sbir_folder(root, on_error="raise")
+    assert str(bad) in _one_line(str(err.value))
+
+
+def test_train_config_corrupt_image_policy_reaches_the_loader(folder_with_truncated_jpeg):
+    from hf_sbir.data import CorruptImageError, CorruptImageWarning
+    from hf_sbir.training.method import load_zero_shot_data
+
+    root, bad = folder_with_truncated_jpeg
+    with pytest.raises(CorruptImageError, match=str(bad)):
+        load_zero_shot_data(TrainConfig(dataset=str(root), split=None, corrupt_images="raise"))
+    with pytest.warns(CorruptImageWarning, match=str(bad)):
+        load_zero_shot_data(TrainConfig(dataset=str(root), split=None, corrupt_images="warn"))
+
+
+def test_evaluation_names_a_file_that_broke_after_loading(folder_with_truncated_jpeg):
+    from hf_sbir.data import CorruptImageError, SbirImageTransform, load_sbir_folder
+    from hf_sbir.retrieval import embed_images
+    from hf_sbir.retrieval.embedding import ImageLoadError
+
+    root, bad = folder_with_truncated_jpeg
+    data = load_sbir_folder(root, verify=False)["all"]  # trusted data, no check: the error comes at use
+    model = torch.nn.Module()
+    model.forward = lambda pixel_values: type("Out", (), {"embeddings": pixel_values.flatten(1)})()
+    with pytest.raises((CorruptImageError, ImageLoadError)) as err:
+        embed_images(model, data, SbirImageTransform(image_size=16), "photo", progress=False)
+    assert str(bad) in _one_line(str(err.value))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_greyscale_photos_keep_their_brightness(tmp_path, mode):
+    from hf_sbir.data import SbirImageTransform
+
+    rng = np.random.default_rng(0)
+    eight = rng.integers(0, 256, (48, 64), dtype=np.uint8)
+    wide = Image.fromarray((eight.astype(np.uint16) * 257).astype(np.uint16 if mode == "I;16" else np.int32), mode=mode)
+    wide.save(tmp_path / "photo16.png")
+    Image.fromarray(eight, "L").save(tmp_path / "photo8.png")
+    with Image.open(tmp_path / "photo16.png") as img:
+        assert img.mode.startswith("I")  # PNG keeps 16 bits
+    transform = SbirImageTransform(image_size=32)
+    a = transform(str(tmp_path / "photo16.png"), "photo")
+    b = transform(str(tmp_path / "photo8.png"), "photo")
+    assert torch.allclose(a, b, atol=1e-5)  # before the fix: pure white, cosine 0.36 to the 8-bit copy
+
+
+# ---------------------------------------------------------------------------------- leak guard
+@pytest.mark.parametrize(
+    "train_name, test_name",
+    [
+        ("palmtree", "palm tree"),
+        ("palm_trees", "palm tree"),
+        ("palm\u200btree", "palm tree"),  # zero-width space
+        ("\uff50\uff41\uff4c\uff4d \uff54\uff52\uff45\uff45", "palm tree"),  # full-width letters
+        ("palm.tree", "palm tree"),
+        ("BUTTER_FLY", "butterfly"),
+        ("Butterflies", "butterfly"),
+        ("hot-air balloons", "hot_air_balloon"),
+    ],
+)
+def test_leak_guard_catches_spelling_variants(train_name, test_name):
+    from hf_sbir.data import ZeroShotLeakError, check_no_leak
+
+    with pytest.raises(ZeroShotLeakError) as err:
+        check_no_leak(["cat", train_name], ["dog", test_name])
+    assert repr(train_name) in _one_line(str(err.value)) and repr(test_name) in str(err.value)
+
+
+def test_leak_guard_flags_near_duplicates_and_passes_distinct_classes():
+    from hf_sbir.data import check_no_leak
+    from hf_sbir.data.zero_shot import ZeroShotLeakWarning
+
+    with pytest.warns(ZeroShotLeakWarning, match="'buterfly' ~ 'butterfly'"):
+        check_no_leak(["buterfly"], ["butterfly"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_no_leak(["glass", "bus", "car_(sedan)", "horse", "airplane"], ["glasses_case", "car", "house", "bush"])
+
+
+# ------------------------------------------------------------------------------- gallery index
+def _index_folder(tmp_path: Path, embeddings=None, metadata=None) -> Path:
+    from hf_sbir.retrieval import GalleryIndex
+
+    good = GalleryIndex(torch.randn(3, 8), [{"id": f"p{i}.jpg", "label": "cat", "path": f"/data/p{i}.jpg"} for i in range(3)])
+    folder = good.save(tmp_path / "index")
+    info = json.loads((folder / "index.json").read_text())
+    if metadata is not None:
+        info["metadata"] = metadata
+        (folder / "index.json").write_text(json.dumps(info))
+    if embeddings is not None:
+        from safetensors.torch import save_file
+
+        save_file({"embeddings": embeddings}, str(folder / "embeddings.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "damage, culprit",
+    [
+        ("nan", "NaN"),
+        ("unnormalised", "not L2-normalised"),
+        ("path traversal", "not an image file path"),
+        ("metadata type", "must be a dict"),
+        ("duplicate ids", "same id"),
+    ],
+)
+def test_gallery_index_is_validated_on_load(tmp_path, damage, culprit):
+    from hf_sbir.retrieval import GalleryIndex
+
+    e = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    rows = [{"id": f"p{i}.jpg", "label": "cat", "path": f"/data/p{i}.jpg"} for i in range(3)]
+    embeddings, metadata = None, None
+    if damage == "nan":
+        embeddings = e.clone()
+        embeddings[1, 2] = float("nan")
+    elif damage == "unnormalised":
+        embeddings = e * 3
+    elif damage == "path traversal":
+        metadata = rows[:2] + [{"id": "x", "label": "cat", "path": "../../etc/passwd"}]
+    elif damage == "metadata type":
+        metadata = rows[:2] + ["<script>"]
+    elif damage == "duplicate ids":
+        metadata = rows[:2] + [dict(rows[0])]
+    folder = _index_folder(tmp_path, embeddings, metadata)
+    with pytest.raises(ValueError) as err:
+        GalleryIndex.load(folder)
+    message = _one_line(str(err.value))
+    assert culprit in message and str(folder) in message
+    with pytest.raises(ValueError, match=culprit):  # the same rules when an index is built in memory
+        GalleryIndex(embeddings if embeddings is not None else e, metadata or rows, normalize=False)
+
+
+def test_the_space_shows_markup_in_labels_as_text_and_keeps_pils_bomb_limit(tmp_path):
+    import zlib
+
+    sys.path.insert(0, str(REPO_ROOT / "spaces" / "sketch-an-anchor"))
+    import sketch_search
+
+    label = "<script>alert(1)</script>"
+    rendered = sketch_search.markdown_text(label)
+    assert "<" not in rendered and ">" not in rendered and "script" in rendered
+
+    limit = Image.MAX_IMAGE_PIXELS
+    _ink().save(tmp_path / "sketch.png")
+    sketch_search.open_upload(tmp_path / "sketch.png")
+    assert Image.MAX_IMAGE_PIXELS == limit  # was set to None for the whole process by the first upload
+
+    # A PNG header announcing 20000 x 20000 pixels (400 MP): refused before any pixel is decoded.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = (20000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    with pytest.raises(sketch_search.SketchSearchError) as err:
+        sketch_search.open_upload(tmp_path / "bomb.png")
+    assert "bomb.png" in _one_line(str(err.value))
+    assert Image.MAX_IMAGE_PIXELS == limit

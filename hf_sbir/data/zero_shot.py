@@ -117,7 +117,7 @@ def check_no_leak(train_class_names: Iterable[str], test_class_names: Iterable[s
         for test_name in test_by_key.get(key, []):
             leaks.append(name if name == test_name else f"{name!r} (test: {test_name!r})")
         if key not in test_by_key:
-            matcher = difflib.SequenceMatcher(None, key)
+            matcher = difflib.SequenceMatcher(None, b=key)  # b is the cached side
             for test_key, test_names in test_by_key.items():
                 matcher.set_seq1(test_key)
                 if matcher.quick_ratio() >= NEAR_DUPLICATE_RATIO and matcher.ratio() >= NEAR_DUPLICATE_RATIO:
