@@ -182,6 +182,16 @@ def test_damaged_latest_checkpoint_falls_back_to_the_intact_one(tmp_path, stoppe
     _assert_same_weights(resumed.model_dir, reference / "model")
 
 
+def test_truncated_anchor_cache_is_rebuilt_and_resume_stays_exact(tmp_path, stopped, reference, caplog):
+    run = _copy(stopped, tmp_path)
+    _truncate(run / "anchors" / "anchors.safetensors")
+    with caplog.at_level(logging.WARNING, logger="hf_sbir"):
+        resumed = train(tiny_args(run, resume=True))
+    lines = [r.getMessage() for r in caplog.records if r.name == "hf_sbir" and r.levelno == logging.WARNING]
+    assert len(lines) == 1 and "anchors" in _one_line(lines[0]), lines
+    _assert_same_weights(resumed.model_dir, reference / "model")
+
+
 def test_no_intact_checkpoint_is_a_clear_error_and_deletes_nothing(tmp_path, stopped):
     run = _copy(stopped, tmp_path)
     for ckpt in list_checkpoints(run):

@@ -95,8 +95,11 @@ class SemanticAnchors:
         directory = Path(directory)
         if not (directory / "anchors.json").is_file() or not (directory / "anchors.safetensors").is_file():
             raise FileNotFoundError(f"No saved anchors in {directory} (expected anchors.json and anchors.safetensors).")
-        info = json.loads((directory / "anchors.json").read_text())
-        tensors = load_file(str(directory / "anchors.safetensors"))
+        try:
+            info = json.loads((directory / "anchors.json").read_text())
+            tensors = load_file(str(directory / "anchors.safetensors"))
+        except Exception as err:  # truncated/garbage files: safetensors and json raise several types
+            raise ValueError(f"Corrupt saved anchors in {directory} ({type(err).__name__}: {err})") from None
         return cls(class_names=info["class_names"], meta=info.get("meta", {}), **{n: tensors.get(n) for n in _TENSORS})
 
 

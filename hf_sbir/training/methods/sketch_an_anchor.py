@@ -109,11 +109,15 @@ class SketchAnAnchorMethod(TrainingMethod):
 
         cache = Path(self.args.output_dir) / "anchors"
         use_word, use_visual = cfg.use_word_anchors, cfg.use_visual_anchors
+        self.anchors = None
         if (cache / "anchors.json").is_file():
-            self.anchors = SemanticAnchors.load(cache)
-            if self.anchors.class_names != self.class_names:
+            try:
+                self.anchors = SemanticAnchors.load(cache)
+            except ValueError as err:  # a cache: rebuilt from the same untrained model and names, so identical
+                logger.warning("%s; rebuilding them.", err)
+            if self.anchors is not None and self.anchors.class_names != self.class_names:
                 raise ValueError(f"Cached anchors in {cache} are for other classes; remove the folder or use a new output_dir.")
-        elif use_word or use_visual:
+        if self.anchors is None and (use_word or use_visual):
             self.anchors = build_semantic_anchors(
                 model, self.photos, transform, self.class_names,
                 label_names=label_names, text_embedder=self.text_embedder,
