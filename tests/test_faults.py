@@ -337,6 +337,11 @@ def test_evaluate_refuses_a_half_written_model_folder(tmp_path, reference, capsy
         assert evaluate_cli.main(["--model", str(folder)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and culprit in _one_line(err) and str(folder) in err
+    # Editing the model card after the export is not damage.
+    edited = tmp_path / "edited"
+    shutil.copytree(reference / "model", edited)
+    (edited / "README.md").write_text((edited / "README.md").read_text() + "\nMy notes.\n")
+    check_model_folder(edited)
 
 
 def test_the_saved_transform_refuses_blank_sketches(reference):

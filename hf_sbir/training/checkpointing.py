@@ -96,9 +96,10 @@ def write_manifest(folder: Path, **extra: Any) -> Path:
     return folder / MANIFEST_NAME
 
 
-def verify_manifest(folder: Path, hashes: bool = True) -> str | None:
+def verify_manifest(folder: Path, hashes: bool = True, sized: tuple[str, ...] | None = None) -> str | None:
     """`None` if every file listed in `folder`'s manifest is there with its size (and sha256, when
-    `hashes`); otherwise a short reason naming the first bad file."""
+    `hashes`); otherwise a short reason naming the first bad file. With `sized` (file suffixes), only files
+    with those suffixes are size-checked; the others need only exist."""
     path = folder / MANIFEST_NAME
     if not path.is_file():
         return f"no {MANIFEST_NAME} (an interrupted write, or written by an older hf-sbir)"
@@ -113,6 +114,8 @@ def verify_manifest(folder: Path, hashes: bool = True) -> str | None:
         file = folder / name
         if not file.is_file():
             return f"{name} is missing"
+        if sized is not None and not name.endswith(sized):
+            continue
         size = file.stat().st_size
         if size != expected.get("size"):
             return f"{name} is {size} bytes, {expected.get('size')} expected (truncated or replaced)"
@@ -359,7 +362,8 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
 def check_model_folder(folder: str | Path) -> None:
     """Refuse, in one line, a saved model folder that an export did not finish.
 
-    A folder with a manifest must match it (sizes: cheap enough for every load); a folder without one
+    A folder with a manifest must hold every file it lists, the weights at their full size (cheap enough
+    for every load; text files such as the model card may be edited after the export); a folder without one
     (saved by hand, or by an older hf-sbir) must at least hold the preprocessing next to the weights,
     because loading it would otherwise fall back silently to a default transform.
     """
@@ -367,7 +371,7 @@ def check_model_folder(folder: str | Path) -> None:
     if not folder.is_dir():
         return
     if (folder / MANIFEST_NAME).is_file():
-        problem = verify_manifest(folder, hashes=False)
+        problem = verify_manifest(folder, hashes=False, sized=(".safetensors", ".bin", ".pt", ".pth"))
         if problem:
             raise IncompleteModelFolderError(
                 f"{folder} is an incomplete model folder: {problem}. Re-export it (train.py --resume true on its run) "
