@@ -28,9 +28,47 @@ class TrainingMethod:
     """
 
     name: str = ""
+    # The method's `method_args` model (`hf_sbir.training.method_settings.MethodSettings` subclass).
+    settings_class = None
+    # Category-level zero-shot methods train on the seen classes of `args.split` (a `train` split must exist).
+    requires_split: bool = False
 
     def __init__(self, args):
         self.args = args
+        if self.settings_class is not None:
+            # Parsed once: unknown keys and wrong types are refused here, with one line.
+            self.method_settings = self.settings_class.parse(getattr(args, "method_args", None))
+            self.model_kwargs = self.method_settings.config_kwargs(getattr(args, "model_config", None))
+        if self.requires_split and getattr(args, "split", None) is None:
+            from hf_sbir.data import list_splits
+            from hf_sbir.training.config import ConfigError
+
+            raise ConfigError(
+                f"{self.name} trains on the seen classes of a zero-shot split, but split is null (one 'all' split, "
+                f"no train/test classes); set split to one of: {', '.join(list_splits())}."
+            )
+
+    def check(self) -> None:
+        """Validate the run's settings before any work starts (the loop calls this first): the model-config
+        values through the config class, or with `init_model` the changes asked of the trained model (only
+        runtime fields may change). Raises `ConfigError` (one line)."""
+        if self.settings_class is None:
+            return
+        init_model = getattr(self.args, "init_model", None)
+        if not init_model:
+            self.method_settings.check_config(self.model_kwargs, getattr(self.args, "backbone_config", None))
+            return
+        from transformers import AutoConfig
+
+        from hf_sbir.training.config import ConfigError
+
+        try:
+            config = AutoConfig.from_pretrained(init_model)
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"init_model {init_model!r} is not a model folder or reachable Hub id ({' '.join(str(err).split())[:300]})"
+            ) from None
+        self.method_settings.apply_to_trained(config, self.model_kwargs, init_model)
 
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

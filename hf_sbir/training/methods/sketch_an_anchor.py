@@ -1,9 +1,11 @@
 """Sketch-an-Anchor's part of the training loop (paper §3.2-3.5, §4.2).
 
-Method settings (`method_args`, all optional):
-    use_word_anchors, use_visual_anchors (bool): ablation switches (both False = InfoNCE baseline);
-    gcn_num_layers (int), randomize_word_anchors, randomize_visual_anchors (bool): the other ablation
-    switches; they are copied into the model config. num_neighbours (int, 10): word neighbours.
+Method settings (`method_args`, all optional; `SketchAnAnchorSettings`): every one is a
+`SketchAnAnchorConfig` field, so `config.json` records what the run used. Ablation switches
+use_word_anchors, use_visual_anchors (both False = InfoNCE baseline), gcn_num_layers,
+randomize_word_anchors, randomize_visual_anchors; word_anchor_neighbours (alias num_neighbours): word
+neighbours of the anchor randomisation; visual_anchor_noise_scale, backbone_gradient_scale,
+contrastive_temperature, anchor_similarity_temperature, projection_dim, gcn_hidden_size.
 """
 
 from __future__ import annotations
@@ -11,46 +13,64 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
+from typing import ClassVar, Optional
 
+import torch
+from pydantic import AliasChoices, Field
+
+from hf_sbir.models.sketch_an_anchor.configuration_sketch_an_anchor import SketchAnAnchorConfig
 from hf_sbir.training.evaluation import evaluate_zero_shot
 from hf_sbir.training.method import TrainingMethod
+from hf_sbir.training.method_settings import MethodSettings
 
 logger = logging.getLogger("hf_sbir")
 
-# method_args keys that are SketchAnAnchorConfig fields.
-_CONFIG_KEYS = (
-    "use_word_anchors",
-    "use_visual_anchors",
-    "gcn_num_layers",
-    "randomize_word_anchors",
-    "randomize_visual_anchors",
-    "visual_anchor_noise_scale",
-    "backbone_gradient_scale",
-    "contrastive_temperature",
-    "anchor_similarity_temperature",
-    "projection_dim",
-    "gcn_hidden_size",
-)
+class SketchAnAnchorSettings(MethodSettings):
+    """`method_args` of sketch_an_anchor: all `SketchAnAnchorConfig` fields (None: the config's default)."""
+
+    method_name: ClassVar[str] = "sketch_an_anchor"
+    config_class: ClassVar[type] = SketchAnAnchorConfig
+    config_fields: ClassVar[tuple[str, ...]] = (
+        "use_word_anchors", "use_visual_anchors", "gcn_num_layers", "randomize_word_anchors", "randomize_visual_anchors",
+        "visual_anchor_noise_scale", "backbone_gradient_scale", "contrastive_temperature",
+        "anchor_similarity_temperature", "projection_dim", "gcn_hidden_size", "word_anchor_neighbours",
+    )
+    # What a trained model (init_model) may change: the loss, the anchor sampling and the gradient scale. The
+    # rest shapes its modules; anchor_similarity_temperature is also fixed at build time inside the GCN.
+    runtime_fields: ClassVar[tuple[str, ...]] = (
+        "use_word_anchors", "use_visual_anchors", "randomize_word_anchors", "randomize_visual_anchors",
+        "visual_anchor_noise_scale", "backbone_gradient_scale", "contrastive_temperature", "word_anchor_neighbours",
+    )
+
+    use_word_anchors: Optional[bool] = None
+    use_visual_anchors: Optional[bool] = None
+    gcn_num_layers: Optional[int] = None
+    randomize_word_anchors: Optional[bool] = None
+    randomize_visual_anchors: Optional[bool] = None
+    visual_anchor_noise_scale: Optional[float] = None
+    backbone_gradient_scale: Optional[float] = None
+    contrastive_temperature: Optional[float] = None
+    anchor_similarity_temperature: Optional[float] = None
+    projection_dim: Optional[int] = None
+    gcn_hidden_size: Optional[int] = None
+    # num_neighbours is the older name; both set the config field, so config.json shows what the anchors used.
+    word_anchor_neighbours: Optional[int] = Field(None, validation_alias=AliasChoices("word_anchor_neighbours", "num_neighbours"))
 
 
 class SketchAnAnchorMethod(TrainingMethod):
     name = "sketch_an_anchor"
+    settings_class = SketchAnAnchorSettings
+    requires_split = True
 
     def __init__(self, args):
         super().__init__(args)
-        unknown = set(args.method_args) - set(_CONFIG_KEYS) - {"num_neighbours"}
-        if unknown:
-            raise ValueError(f"Unknown sketch_an_anchor method_args {sorted(unknown)}; known: {sorted(_CONFIG_KEYS + ('num_neighbours',))}.")
         self.text_embedder = None
         self.anchors = None
         self.sampler = None
 
     # -- model ------------------------------------------------------------------------------------
     def _config_kwargs(self) -> dict:
-        kwargs = dict(self.args.model_config)
-        kwargs.update({k: v for k, v in self.args.method_args.items() if k in _CONFIG_KEYS})
-        return kwargs
+        return dict(self.model_kwargs)
 
     def _uses_word_anchors(self, config_kwargs: dict | None = None) -> bool:
         kwargs = self._config_kwargs() if config_kwargs is None else config_kwargs
@@ -69,7 +89,7 @@ class SketchAnAnchorMethod(TrainingMethod):
             kwargs.setdefault("word_anchor_dim", self.text_embedder.dim)
         if self.args.init_model:
             model = AutoModel.from_pretrained(self.args.init_model)
-            for key, value in kwargs.items():
+            for key, value in self.method_settings.apply_to_trained(model.config, kwargs, self.args.init_model).items():
                 setattr(model.config, key, value)
             return model
         if self.args.backbone_config is not None:
@@ -121,7 +141,7 @@ class SketchAnAnchorMethod(TrainingMethod):
             self.anchors = build_semantic_anchors(
                 model, self.photos, transform, self.class_names,
                 label_names=label_names, text_embedder=self.text_embedder,
-                num_neighbours=self.args.method_args.get("num_neighbours", cfg.word_anchor_neighbours),
+                num_neighbours=cfg.word_anchor_neighbours,
                 batch_size=self.args.eval_batch_size, use_word=use_word, use_visual=use_visual,
                 device=accelerator.device, progress=self.args.progress,
             )
