@@ -8,24 +8,39 @@
     accelerate launch train.py --config my.yaml       # multi-GPU / mixed precision, same code
     python train.py --config my.yaml --resume true    # continue a stopped run from its last checkpoint
 
-Every `hf_sbir.training.TrainConfig` field is a flag (`python train.py --help`).
+Every `hf_sbir.training.TrainConfig` field is a flag (`python train.py --help`). A wrong setting or input
+(config value, method_args, dataset folder or layout, an output folder holding another run) ends with one
+line saying what to do and exit code 2, before anything is written.
 """
 
 import logging
 import sys
 
 from hf_sbir.training import config_from_args, train
+from hf_sbir.training.config import ConfigError
 from hf_sbir.training.evaluation import format_metric_table
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # accelerate logs five INFO lines per checkpoint (state, weights, optimiser, scheduler, RNG); the loop's
+    # own line says where each checkpoint went.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
     try:
         args = config_from_args(argv)
-    except (ValueError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError) as err:  # a wrong setting, or no such --config file
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = train(args)
+    try:
+        result = train(args)  # user errors surface as ConfigError, before any work (or file) is done
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result.already_finished:
+        print(
+            f"{args.output_dir} already holds this run, finished with the same settings: its saved results are below "
+            f"(nothing was retrained). To train again, pass a new --output_dir or delete {args.output_dir}."
+        )
     if not result.finished:
         print(f"Stopped after {result.iterations_done}/{args.iterations} iterations; resume with --resume true.")
         return 0

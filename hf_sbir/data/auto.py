@@ -32,9 +32,14 @@ def sbir_mini_root() -> Path:
     for path in candidates:
         if (path / "sketch").is_dir() and (path / "photo").is_dir():
             return path
+    # Absolute and once each: from the project root "../shared" and from elsewhere "../shared" are different
+    # folders, and the same folder is often reached twice.
+    tried = list(dict.fromkeys(str(p.resolve()) for p in candidates))
+    env_note = f" (${SBIR_MINI_ENV} is set to {env!r}, which has no sketch/ and photo/ folders)" if env else ""
     raise FileNotFoundError(
-        "sbir-mini not found; set $HF_SBIR_MINI_ROOT to its folder or pass the path. Tried: "
-        + ", ".join(str(p) for p in candidates)
+        f"sbir-mini not found{env_note}. Point ${SBIR_MINI_ENV} at the folder that holds its sketch/ and photo/ "
+        f"folders (export {SBIR_MINI_ENV}=/path/to/sbir-mini), or pass that folder itself as the dataset. "
+        f"Looked in: {', '.join(tried)}."
     )
 
 
@@ -77,7 +82,8 @@ def load_sbir_dataset(
     path = Path(name).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
-            f"SBIR dataset root not found: {path} (known names: 'embedded', 'sbir-mini'; otherwise pass a folder)"
+            f"Dataset folder not found: {path.resolve()}. Pass an existing folder (with sketch/ and photo/ inside), "
+            "or one of the names 'embedded' (generated, offline) and 'sbir-mini'."
         )
     loaders = {
         "sketchy": load_sketchy,

@@ -39,38 +39,46 @@ class TrainingMethod:
             # Parsed once: unknown keys and wrong types are refused here, with one line.
             self.method_settings = self.settings_class.parse(getattr(args, "method_args", None))
             self.model_kwargs = self.method_settings.config_kwargs(getattr(args, "model_config", None))
-        if self.requires_split and getattr(args, "split", None) is None:
-            from hf_sbir.data import list_splits
-            from hf_sbir.training.config import ConfigError
-
-            raise ConfigError(
-                f"{self.name} trains on the seen classes of a zero-shot split, but split is null (one 'all' split, "
-                f"no train/test classes); set split to one of: {', '.join(list_splits())}."
-            )
 
     def check(self) -> None:
         """Validate the run's settings before any work starts (the loop calls this first): the model-config
         values through the config class, or with `init_model` the changes asked of the trained model (only
         runtime fields may change). Raises `ConfigError` (one line)."""
+        from hf_sbir.training.config import ConfigError
+
+        if self.requires_split and getattr(self.args, "split", None) is None:
+            from hf_sbir.data import list_splits
+
+            raise ConfigError(
+                f"{self.name} trains on the seen classes of a zero-shot split, but split is null (one 'all' split, "
+                f"no train/test classes); set split to one of: {', '.join(list_splits())}."
+            )
         if self.settings_class is None:
             return
         init_model = getattr(self.args, "init_model", None)
         if not init_model:
-            self.method_settings.check_config(self.model_kwargs, getattr(self.args, "backbone_config", None))
+            self.method_settings.check_config(self._config_kwargs(), getattr(self.args, "backbone_config", None))
             return
         from transformers import AutoConfig
 
-        from hf_sbir.training.config import ConfigError
+        from pathlib import Path
 
+        looks_local = Path(init_model).expanduser().is_absolute() or init_model.startswith((".", "~")) or init_model.count("/") > 1
+        if looks_local and not Path(init_model).expanduser().is_dir():
+            raise ConfigError(f"init_model folder not found: {Path(init_model).expanduser().resolve()}; pass a trained model's folder.")
         try:
             config = AutoConfig.from_pretrained(init_model)
         except (OSError, ValueError) as err:
             raise ConfigError(
-                f"init_model {init_model!r} is not a model folder or reachable Hub id ({' '.join(str(err).split())[:300]})"
+                f"init_model {init_model!r} is not a saved model folder or a reachable Hub id: {' '.join(str(err).split())[:300]}"
             ) from None
-        self.method_settings.apply_to_trained(config, self.model_kwargs, init_model)
+        self.method_settings.apply_to_trained(config, self._config_kwargs(), init_model)
 
     # -- model ------------------------------------------------------------------------------------
+    def _config_kwargs(self) -> dict[str, Any]:
+        """The model-config kwargs of the run (`model_config` + the config fields of `method_args`)."""
+        return dict(getattr(self, "model_kwargs", {}))
+
     def build_model(self) -> nn.Module:
         """The PreTrainedModel to train (from `args.model` / `args.backbone`), before any data is seen."""
         raise NotImplementedError

@@ -9,6 +9,7 @@ folder are kept safe from kills, corruption and changed settings is `hf_sbir.tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from hf_sbir.training.checkpointing import (  # noqa: F401  (CHECKPOINT_PREFIX, 
     resume_from_checkpoint,
     save_checkpoint,
 )
-from hf_sbir.training.config import TrainConfig
+from hf_sbir.training.config import ConfigError, TrainConfig
 from hf_sbir.training.method import load_zero_shot_data
 from hf_sbir.training.methods import get_method_class
 
@@ -47,8 +48,8 @@ class JsonlTracker(GeneralTracker):
 
     def __init__(self, run_name: str, logging_dir: str | os.PathLike):
         super().__init__()
+        # The folder is made on first write, not here: a run refused during setup leaves no empty logs/.
         self.path = Path(logging_dir) / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run_name = run_name
 
     @property
@@ -56,9 +57,11 @@ class JsonlTracker(GeneralTracker):
         return self.path
 
     def store_init_configuration(self, values: dict):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         (self.path.parent / "config.json").write_text(json.dumps(values, indent=2, default=str))
 
     def log(self, values: dict, step: int | None = None, **kwargs):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as fh:
             fh.write(json.dumps({"step": step, "time": time.time(), **values}, default=float) + "\n")
 
@@ -89,6 +92,7 @@ class TrainResult:
     metrics_after: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     model: torch.nn.Module | None = None  # the exported model (e.g. the EMA copy), in eval mode, on the main process
+    already_finished: bool = False  # output_dir already held this finished run: nothing was trained, results read back
 
 
 def load_data(args: TrainConfig):
@@ -105,8 +109,22 @@ def _make_trackers(args: TrainConfig, logging_dir: Path):
 
 
 def train(args: TrainConfig) -> TrainResult:
-    """Run (or resume) a training job; returns a `TrainResult`. See `TrainConfig` for the settings."""
+    """Run (or resume) a training job; returns a `TrainResult`. See `TrainConfig` for the settings.
+
+    Every user error (a wrong setting, `method_args`, dataset folder or layout, `init_model`, an output folder
+    holding another run) raises `ConfigError` with one line, before anything is written. When `output_dir`
+    already holds this very run, finished, its saved results are returned (`already_finished=True`)."""
     output_dir = Path(args.output_dir)
+    with _user_errors():
+        method = get_method_class(args.method)(args)
+        method.check()
+    previous = _previous_run(args)
+    if previous is not None:
+        return previous
+    checkpoints = list_checkpoints(output_dir) if args.resume else []
+    if args.resume and not checkpoints:
+        logger.warning("resume=True but no checkpoint in %s: starting from scratch.", output_dir / "checkpoints")
+    resume_plan = plan_resume(output_dir, args) if checkpoints else []  # before any work: intact, same settings
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -114,21 +132,14 @@ def train(args: TrainConfig) -> TrainResult:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     set_seed(args.seed)
-    checkpoints = list_checkpoints(output_dir) if args.resume else []
-    if args.resume and not checkpoints:
-        logger.warning("resume=True but no checkpoint in %s: starting from scratch.", output_dir / "checkpoints")
-    resume_plan = plan_resume(output_dir, args) if checkpoints else []  # before any work: intact, same settings
-    if not args.resume and list_checkpoints(output_dir) and accelerator.is_main_process:
-        raise FileExistsError(
-            f"{output_dir} already holds checkpoints of another run. Pass --resume true to continue it, or choose "
-            "a new --output_dir (nothing was overwritten)."
-        )
 
-    method = get_method_class(args.method)(args)
-    data = method.load_data()  # the zero-shot split by default; fine-grained pairs, procedural shapes ...
-    model = method.build_model()
-    transform = method.build_transform(model)
+    with _user_errors():  # a missing folder, a wrong layout, a bad backbone id: still nothing written
+        data = method.load_data()  # the zero-shot split by default; fine-grained pairs, procedural shapes ...
+        model = method.build_model()
+        transform = method.build_transform(model)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        (output_dir / RUN_SETTINGS_FILE).write_text(json.dumps(args.to_dict(), indent=2, default=str))
 
     metrics_before = None
     before_file = output_dir / "eval_before.json"
@@ -185,7 +196,8 @@ def train(args: TrainConfig) -> TrainResult:
         bar.update(1)
         done = iteration + 1
         if done % args.checkpoint_every == 0 or done == end:
-            save_checkpoint(accelerator, method, output_dir, done, args.keep_checkpoints, args=args, model=model)
+            path = save_checkpoint(accelerator, method, output_dir, done, args.keep_checkpoints, args=args, model=model)
+            logger.info("Checkpoint %d/%d saved: %s", done, args.iterations, path)
     bar.close()
 
     done = end
@@ -206,6 +218,58 @@ def train(args: TrainConfig) -> TrainResult:
         result.model_dir = export_model(final, transform, args, result, card_info=method.model_card_info())
     accelerator.end_training()
     return result
+
+
+# The settings of the run a folder holds (written when the run starts): how a re-run of the same command is
+# recognised, and what it is compared with.
+RUN_SETTINGS_FILE = "train_config.json"
+# Settings that do not change what a run computes.
+_BOOKKEEPING = ("resume", "stop_after", "progress", "output_dir")
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Errors of the setup phase are the user's (settings, inputs): re-raised as a one-line `ConfigError`."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, OSError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise ConfigError(" ".join(str(message).split())) from err
+
+
+def _previous_run(args: TrainConfig) -> TrainResult | None:
+    """What `output_dir` holds, before anything is written: nothing (None), this run finished (its saved
+    results), or another / an unfinished run without `--resume true` (a `ConfigError` saying what to do)."""
+    output_dir = Path(args.output_dir)
+    checkpoints = list_checkpoints(output_dir)
+    if args.resume or not checkpoints:
+        return None
+    done = json.loads((checkpoints[-1] / "trainer_state.json").read_text()).get("iterations_done", 0)
+    saved_file = output_dir / RUN_SETTINGS_FILE
+    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
+    current = json.loads(json.dumps(args.to_dict(), default=str))
+    differ = [] if saved is None else sorted(k for k in set(saved) | set(current) if k not in _BOOKKEEPING and saved.get(k) != current.get(k))
+    finished = done >= args.iterations and (output_dir / "model" / "config.json").is_file() and (output_dir / "eval_after.json").is_file()
+    if finished and saved is not None and not differ:
+        before = output_dir / "eval_before.json"
+        return TrainResult(
+            output_dir=output_dir, model_dir=output_dir / "model", iterations_done=done, finished=True,
+            metrics_before=json.loads(before.read_text()) if args.eval_before and before.is_file() else None,
+            metrics_after=json.loads((output_dir / "eval_after.json").read_text()), already_finished=True,
+        )
+    if saved is None:
+        what = "a run whose settings were not recorded"
+    elif differ:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ[:4]) + (", ..." if len(differ) > 4 else "")
+        what = f"another run ({shown})"
+    else:
+        what = f"this run, stopped at iteration {done} of {args.iterations}"
+    raise ConfigError(
+        f"{output_dir} already holds {what}. Continue it with --resume true, or pass a new --output_dir "
+        f"(or delete {output_dir}) to start over; nothing was changed."
+    )
 
 
 def export_model(model, transform, args: TrainConfig, result: TrainResult, card_info: dict | None = None) -> Path:

@@ -6,7 +6,7 @@ model, and minimises eq. 5 of `hf_sbir.losses.adapt_align`: the cross-entropy of
 similarities to the seen classes' text embeddings (eq. 2-3) plus lambda times the distance between
 the model's pooled backbone features and those of a frozen copy of the starting backbone (eq. 4).
 
-Method settings (`method_args`, all optional):
+Method settings (`method_args`, all optional; `AdaptAlignSettings`):
     AdaptAlignConfig fields, copied into the model config: use_adapters, adapter_target_modules,
         adapter_bottleneck_size, adapter_dropout, adapter_scale, adapter_activation, train_adapters_only,
         alignment_temperature, learnable_temperature, distillation_weight, distillation_loss, prompt_template.
@@ -23,32 +23,62 @@ from __future__ import annotations
 import copy
 import logging
 
-import torch
+from typing import ClassVar, Optional, Union
 
+import torch
+from pydantic import field_validator
+
+from hf_sbir.models.adapt_align.configuration_adapt_align import AdaptAlignConfig
+from hf_sbir.training.config import ConfigError
 from hf_sbir.training.evaluation import evaluate_zero_shot
 from hf_sbir.training.method import TrainingMethod
+from hf_sbir.training.method_settings import MethodSettings
 
 logger = logging.getLogger("hf_sbir")
 
-# method_args keys that are AdaptAlignConfig fields.
-CONFIG_KEYS = (
-    "use_adapters",
-    "adapter_target_modules",
-    "adapter_bottleneck_size",
-    "adapter_dropout",
-    "adapter_scale",
-    "adapter_activation",
-    "train_adapters_only",
-    "alignment_temperature",
-    "learnable_temperature",
-    "distillation_weight",
-    "distillation_loss",
-    "prompt_template",
-)
-# Of those, the ones that can change on an already-built model (init_model).
-RUNTIME_KEYS = ("train_adapters_only", "learnable_temperature", "distillation_weight", "distillation_loss", "prompt_template")
-METHOD_KEYS = ("distillation_domains",)
 DISTILLATION_DOMAINS = ("both", "photo", "sketch")
+
+
+class AdaptAlignSettings(MethodSettings):
+    """`method_args` of adapt_align: AdaptAlignConfig fields (None: the config's default) and distillation_domains."""
+
+    method_name: ClassVar[str] = "adapt_align"
+    config_class: ClassVar[type] = AdaptAlignConfig
+    config_fields: ClassVar[tuple[str, ...]] = (
+        "use_adapters", "adapter_target_modules", "adapter_bottleneck_size", "adapter_dropout", "adapter_scale",
+        "adapter_activation", "train_adapters_only", "alignment_temperature", "learnable_temperature",
+        "distillation_weight", "distillation_loss", "prompt_template",
+    )
+    # Of those, the ones that can change on an already-built model (init_model).
+    runtime_fields: ClassVar[tuple[str, ...]] = (
+        "train_adapters_only", "learnable_temperature", "distillation_weight", "distillation_loss", "prompt_template",
+        "text_embedder",
+    )
+
+    use_adapters: Optional[bool] = None
+    adapter_target_modules: Optional[Union[str, list[str]]] = None
+    adapter_bottleneck_size: Optional[int] = None
+    adapter_dropout: Optional[float] = None
+    adapter_scale: Optional[float] = None
+    adapter_activation: Optional[str] = None
+    train_adapters_only: Optional[bool] = None
+    alignment_temperature: Optional[float] = None
+    learnable_temperature: Optional[bool] = None
+    distillation_weight: Optional[float] = None
+    distillation_loss: Optional[str] = None
+    prompt_template: Optional[str] = None
+    distillation_domains: str = "both"
+
+    @field_validator("distillation_domains")
+    @classmethod
+    def _known_domains(cls, value):
+        if value not in DISTILLATION_DOMAINS:
+            raise ValueError(f"distillation_domains must be one of {DISTILLATION_DOMAINS}")
+        return value
+
+
+CONFIG_KEYS = AdaptAlignSettings.config_fields
+RUNTIME_KEYS = AdaptAlignSettings.runtime_fields
 
 
 class AdaptAlignMethod(TrainingMethod):
@@ -62,17 +92,12 @@ class AdaptAlignMethod(TrainingMethod):
     """
 
     name = "adapt_align"
+    settings_class = AdaptAlignSettings
+    requires_split = True
 
     def __init__(self, args, class_name_embedder=None):
         super().__init__(args)
-        method_args = dict(getattr(args, "method_args", None) or {})
-        unknown = set(method_args) - set(CONFIG_KEYS) - set(METHOD_KEYS)
-        if unknown:
-            raise ValueError(f"Unknown adapt_align method_args {sorted(unknown)}; known: {sorted(CONFIG_KEYS + METHOD_KEYS)}.")
-        self.distillation_domains = method_args.get("distillation_domains", "both")
-        if self.distillation_domains not in DISTILLATION_DOMAINS:
-            raise ValueError(f"distillation_domains must be one of {DISTILLATION_DOMAINS}; got {self.distillation_domains!r}.")
-        self.method_args = method_args
+        self.distillation_domains = self.method_settings.distillation_domains
         self.text_embedder = class_name_embedder
         self.teacher = None
         self.sampler = None
@@ -82,11 +107,6 @@ class AdaptAlignMethod(TrainingMethod):
     def _arg(self, name: str, default=None):
         value = getattr(self.args, name, default)
         return default if value is None and default is not None else value
-
-    def _config_kwargs(self) -> dict:
-        kwargs = dict(self._arg("model_config") or {})
-        kwargs.update({key: value for key, value in self.method_args.items() if key in CONFIG_KEYS})
-        return kwargs
 
     # -- model ------------------------------------------------------------------------------------
     def class_name_embedder(self):
@@ -122,16 +142,13 @@ class AdaptAlignMethod(TrainingMethod):
         init_model = self._arg("init_model")
         if init_model:
             model = AutoModel.from_pretrained(init_model)
-            if model.config.model_type != AdaptAlignConfig.model_type:
-                raise ValueError(f"init_model {init_model!r} is a {model.config.model_type!r} model, not adapt_align.")
-            structural = sorted(k for k in self._config_kwargs() if k not in RUNTIME_KEYS)
-            if structural:
-                raise ValueError(f"{structural} cannot change on an existing model (init_model); only {list(RUNTIME_KEYS)} can.")
             if model.config.projection_dim != dim:
-                raise ValueError(f"init_model has projection_dim {model.config.projection_dim}, the text encoder gives {dim}.")
-            for key in RUNTIME_KEYS + ("text_embedder",):
-                if key in kwargs:
-                    setattr(model.config, key, kwargs[key])
+                raise ConfigError(
+                    f"init_model {init_model!r} has projection_dim {model.config.projection_dim}, the text encoder gives "
+                    f"{dim}; use the text_embedder it was trained with."
+                )
+            for key, value in self.method_settings.apply_to_trained(model.config, kwargs, init_model).items():
+                setattr(model.config, key, value)
             model.configure_trainable()
             return model
         backbone_config = self._arg("backbone_config")

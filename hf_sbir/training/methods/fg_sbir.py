@@ -44,41 +44,60 @@ import logging
 import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 from PIL import Image
+from pydantic import Field
 from torch import nn
 
+from hf_sbir.models.fg_sbir.configuration_fg_sbir import FGSBIRConfig
+from hf_sbir.training.config import ConfigError
 from hf_sbir.training.method import TrainingMethod
+from hf_sbir.training.method_settings import MethodSettings
 
 logger = logging.getLogger("hf_sbir")
 
-# method_args keys that are FGSBIRConfig fields.
-_CONFIG_KEYS = (
-    "cross_modal_margin",
-    "photo_margin",
-    "sketch_margin",
-    "photo_intra_weight",
-    "sketch_intra_weight",
-    "distillation_weight",
-    "distillation_temperature",
-    "distillation_neighbours",
-    "ema_decay",
-    "embedding_dim",
-    "use_distillation_token",
-)
-_METHOD_KEYS = (
-    "distillation",
-    "unlabelled_photos",
-    "max_unlabelled_photos",
-    "teacher_iterations",
-    "teacher_learning_rate",
-    "teacher_batch_size",
-    "unlabelled_per_step",
-    "use_ema",
-    "on_unmatched",
-)
+class FGSBIRSettings(MethodSettings):
+    """`method_args` of fg_sbir: the teacher stage and EMA switches, and FGSBIRConfig fields (None: the config's
+    default)."""
+
+    method_name: ClassVar[str] = "fg_sbir"
+    config_class: ClassVar[type] = FGSBIRConfig
+    config_fields: ClassVar[tuple[str, ...]] = (
+        "cross_modal_margin", "photo_margin", "sketch_margin", "photo_intra_weight", "sketch_intra_weight",
+        "distillation_weight", "distillation_temperature", "distillation_neighbours", "ema_decay", "embedding_dim",
+        "use_distillation_token",
+    )
+    # Loss weights, margins and the EMA decay may change on a trained model (init_model); the embedding size
+    # and the distillation token are modules.
+    runtime_fields: ClassVar[tuple[str, ...]] = (
+        "cross_modal_margin", "photo_margin", "sketch_margin", "photo_intra_weight", "sketch_intra_weight",
+        "distillation_weight", "distillation_temperature", "distillation_neighbours", "ema_decay",
+    )
+
+    distillation: bool = False
+    unlabelled_photos: Optional[str] = None
+    max_unlabelled_photos: Optional[int] = Field(None, ge=1)
+    teacher_iterations: int = Field(500, ge=0)
+    teacher_learning_rate: Optional[float] = Field(None, gt=0)
+    teacher_batch_size: Optional[int] = Field(None, ge=2)
+    unlabelled_per_step: Optional[int] = Field(None, ge=0)
+    use_ema: bool = True
+    on_unmatched: Literal["raise", "warn"] = "raise"
+    cross_modal_margin: Optional[float] = None
+    photo_margin: Optional[float] = None
+    sketch_margin: Optional[float] = None
+    photo_intra_weight: Optional[float] = None
+    sketch_intra_weight: Optional[float] = None
+    distillation_weight: Optional[float] = None
+    distillation_temperature: Optional[float] = None
+    distillation_neighbours: Optional[int] = None
+    ema_decay: Optional[float] = None
+    embedding_dim: Optional[int] = None
+    use_distillation_token: Optional[bool] = None
+
+
 KS = (1, 5, 10)
 
 
@@ -251,16 +270,18 @@ def train_photo_teacher(
 
 class FGSBIRMethod(TrainingMethod):
     name = "fg_sbir"
+    settings_class = FGSBIRSettings
 
     def __init__(self, args):
         super().__init__(args)
-        method_args = dict(args.method_args or {})
-        unknown = set(method_args) - set(_CONFIG_KEYS) - set(_METHOD_KEYS)
-        if unknown:
-            raise ValueError(f"Unknown fg_sbir method_args {sorted(unknown)}; known: {sorted(_CONFIG_KEYS + _METHOD_KEYS)}.")
-        self.method_args = method_args
-        self.distillation = bool(method_args.get("distillation", False))
-        self.use_ema = bool(method_args.get("use_ema", True))
+        # The method's own settings, validated and coerced (only those given: the code below supplies the
+        # defaults that depend on other settings, e.g. teacher_batch_size -> batch_size).
+        settings = self.method_settings
+        self.method_args = {
+            k: v for k, v in settings.model_dump(exclude_unset=True).items() if k not in settings.config_fields
+        }
+        self.distillation = settings.distillation
+        self.use_ema = settings.use_ema
         self._data = None
         self.transform = None
         self.ema: ModelEMA | None = None
@@ -270,11 +291,12 @@ class FGSBIRMethod(TrainingMethod):
 
     # -- model ------------------------------------------------------------------------------------
     def _config_kwargs(self) -> dict:
-        kwargs = dict(self.args.model_config or {})
-        kwargs.update({k: v for k, v in self.method_args.items() if k in _CONFIG_KEYS})
-        kwargs.setdefault("use_distillation_token", self.distillation)
+        kwargs = dict(self.model_kwargs)
+        # The token follows `distillation` unless given (a trained model keeps its own unless distillation asks it).
+        if self.distillation or not getattr(self.args, "init_model", None):
+            kwargs.setdefault("use_distillation_token", self.distillation)
         if self.distillation and not kwargs["use_distillation_token"]:
-            raise ValueError("distillation needs the distillation token (use_distillation_token=True).")
+            raise ConfigError("distillation needs the distillation token: drop use_distillation_token=false.")
         return kwargs
 
     def build_model(self):
@@ -286,12 +308,9 @@ class FGSBIRMethod(TrainingMethod):
         if self.args.init_model:
             model = AutoModel.from_pretrained(self.args.init_model)
             if not isinstance(model, FGSBIRModel):
-                raise ValueError(f"init_model {self.args.init_model!r} is a {type(model).__name__}, not an FG-SBIR model.")
-            if kwargs.get("use_distillation_token", model.config.use_distillation_token) != model.config.use_distillation_token:
-                raise ValueError("init_model's use_distillation_token differs from the requested one; it cannot be changed.")
-            for key, value in kwargs.items():
-                if key not in ("embedding_dim",):
-                    setattr(model.config, key, value)
+                raise ConfigError(f"init_model {self.args.init_model!r} is a {type(model).__name__}, not an FG-SBIR model.")
+            for key, value in self.method_settings.apply_to_trained(model.config, kwargs, self.args.init_model).items():
+                setattr(model.config, key, value)
             return model
         if self.args.backbone_config is not None:
             return FGSBIRModel(FGSBIRConfig(backbone_config=self.args.backbone_config, **kwargs))

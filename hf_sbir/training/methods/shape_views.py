@@ -44,39 +44,80 @@ from __future__ import annotations
 
 import logging
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from pydantic import Field, model_validator
 
+from hf_sbir.models.shape_views.configuration_shape_views import ShapeViewsConfig
 from hf_sbir.training.method import TrainingMethod
+from hf_sbir.training.method_settings import MethodSettings
 
 logger = logging.getLogger("hf_sbir")
 
-_CONFIG_KEYS = ("feature_layer", "pooling", "pooling_grid_size", "contrastive_temperature", "scale_object_fraction")
-_DEFAULTS: dict[str, Any] = {
-    "source": "procedural",
-    "train_classes": ["chair"],
-    "test_classes": ["lamp"],
-    "num_train_shapes": 16,
-    "num_test_shapes": 12,
-    "views_per_shape": 4,
-    "elevation": 20.0,
-    "render_size": 128,
-    "styles": ["clean", "stylized"],
-    "query_style": "stylized",
-    "gallery_style": "clean",
-    "augment": True,
-    "max_rotation": 8.0,
-    "scale_jitter": 0.1,
-    "translate_jitter": 0.05,
-    "flip": True,
-    "stroke_jitter": 1,
-    "symmetric_loss": True,
-    "freeze_unused": True,
-    "sweep_layers": True,
-}
+class ShapeViewsSettings(MethodSettings):
+    """`method_args` of shape_views: the data source, rendering and augmentation settings, and ShapeViewsConfig
+    fields (None: the config's default)."""
+
+    method_name: ClassVar[str] = "shape_views"
+    config_class: ClassVar[type] = ShapeViewsConfig
+    config_fields: ClassVar[tuple[str, ...]] = (
+        "feature_layer", "pooling", "pooling_grid_size", "contrastive_temperature", "scale_object_fraction",
+    )
+    # The loss temperature may change on a trained model; the rest decides which features it computes.
+    runtime_fields: ClassVar[tuple[str, ...]] = ("contrastive_temperature",)
+    backbone_dependent_fields: ClassVar[tuple[str, ...]] = ("feature_layer",)  # valid range = the backbone's depth
+
+    source: Literal["procedural", "dataset"] = "procedural"
+    train_classes: list[str] = ["chair"]
+    test_classes: list[str] = ["lamp"]
+    num_train_shapes: int = Field(16, ge=1)
+    num_test_shapes: int = Field(12, ge=1)
+    views_per_shape: int = Field(4, ge=1)
+    elevation: float = 20.0
+    render_size: int = Field(128, ge=16)
+    styles: list[str] = ["clean", "stylized"]
+    query_style: Optional[str] = "stylized"
+    gallery_style: Optional[str] = "clean"
+    augment: bool = True
+    max_rotation: float = Field(8.0, ge=0)
+    scale_jitter: float = Field(0.1, ge=0, lt=1)
+    translate_jitter: float = Field(0.05, ge=0, lt=1)
+    flip: bool = True
+    stroke_jitter: int = Field(1, ge=0)
+    symmetric_loss: bool = True
+    freeze_unused: bool = True
+    sweep_layers: bool = True
+    feature_layer: Optional[int] = None
+    pooling: Optional[str] = None
+    pooling_grid_size: Optional[int] = None
+    contrastive_temperature: Optional[float] = None
+    scale_object_fraction: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _known_names(self):
+        from hf_sbir.models.shape_views.synthetic_sketch import SHAPE_CLASSES, SKETCH_STYLES
+
+        if len(self.styles) != 2 or any(style not in SKETCH_STYLES for style in self.styles):
+            raise ValueError(f"styles must be two of {SKETCH_STYLES}; got {self.styles!r}")
+        for key in ("query_style", "gallery_style"):
+            value = getattr(self, key)
+            if value is not None and value not in SKETCH_STYLES:
+                raise ValueError(f"{key} must be one of {SKETCH_STYLES} (or null); got {value!r}")
+        if self.source == "procedural":
+            for key in ("train_classes", "test_classes"):
+                classes = getattr(self, key)
+                if not classes or any(c not in SHAPE_CLASSES for c in classes):
+                    raise ValueError(f"{key} must be a non-empty list of {SHAPE_CLASSES}; got {classes!r}")
+            if self.query_style is None:
+                raise ValueError("query_style must be a style for the procedural source")
+        return self
+
+
+# The defaults of the method's own settings (the model card lists the evaluation settings that differ).
+_DEFAULTS: dict[str, Any] = ShapeViewsSettings().method_only()
 # Seeds of the evaluation shapes and drawings live far from the training ones.
 _TEST_SHAPE_SEED_OFFSET = 1_000_000
 _QUERY_SEED_OFFSET = 7_000_003
@@ -84,45 +125,17 @@ _QUERY_SEED_OFFSET = 7_000_003
 
 class ShapeViewsMethod(TrainingMethod):
     name = "shape_views"
+    settings_class = ShapeViewsSettings
 
     def __init__(self, args):
         super().__init__(args)
-        method_args = dict(args.method_args or {})
-        unknown = set(method_args) - set(_DEFAULTS) - set(_CONFIG_KEYS)
-        if unknown:
-            raise ValueError(
-                f"Unknown shape_views method_args {sorted(unknown)}; known: {sorted(set(_DEFAULTS) | set(_CONFIG_KEYS))}."
-            )
-        self.settings = {**_DEFAULTS, **{k: v for k, v in method_args.items() if k in _DEFAULTS}}
-        s = self.settings
-        if s["source"] not in ("procedural", "dataset"):
-            raise ValueError(f"method_args.source must be 'procedural' or 'dataset'; got {s['source']!r}.")
-        from hf_sbir.models.shape_views.synthetic_sketch import SHAPE_CLASSES, SKETCH_STYLES
-
-        styles = list(s["styles"])
-        if len(styles) != 2 or any(style not in SKETCH_STYLES for style in styles):
-            raise ValueError(f"method_args.styles must be two of {SKETCH_STYLES}; got {s['styles']!r}.")
-        for key in ("query_style", "gallery_style"):
-            if s[key] is not None and s[key] not in SKETCH_STYLES:
-                raise ValueError(f"method_args.{key} must be one of {SKETCH_STYLES} (or null); got {s[key]!r}.")
-        if s["source"] == "procedural":
-            for key in ("train_classes", "test_classes"):
-                bad = [c for c in s[key] if c not in SHAPE_CLASSES]
-                if bad or not s[key]:
-                    raise ValueError(f"method_args.{key} must be a non-empty list of {SHAPE_CLASSES}; got {s[key]!r}.")
-            if s["query_style"] is None:
-                raise ValueError("method_args.query_style must be a style for the procedural source.")
+        self.settings = self.method_settings.method_only()
         self.transform = None
         self.train_views: list | None = None  # RenderedView or PIL image per training view
         self._eval_set = None
         self._edge_cache: dict[int, np.ndarray] = {}
 
     # -- model ------------------------------------------------------------------------------------
-    def _config_kwargs(self) -> dict:
-        kwargs = dict(self.args.model_config or {})
-        kwargs.update({k: v for k, v in (self.args.method_args or {}).items() if k in _CONFIG_KEYS})
-        return kwargs
-
     def build_model(self):
         from transformers import AutoModel
 
@@ -131,7 +144,7 @@ class ShapeViewsMethod(TrainingMethod):
         kwargs = self._config_kwargs()
         if self.args.init_model:
             model = AutoModel.from_pretrained(self.args.init_model)
-            for key, value in kwargs.items():
+            for key, value in self.method_settings.apply_to_trained(model.config, kwargs, self.args.init_model).items():
                 setattr(model.config, key, value)
             return model
         if self.args.backbone_config is not None:

@@ -69,9 +69,6 @@ class SketchAnAnchorMethod(TrainingMethod):
         self.sampler = None
 
     # -- model ------------------------------------------------------------------------------------
-    def _config_kwargs(self) -> dict:
-        return dict(self.model_kwargs)
-
     def _uses_word_anchors(self, config_kwargs: dict | None = None) -> bool:
         kwargs = self._config_kwargs() if config_kwargs is None else config_kwargs
         return kwargs.get("use_word_anchors", True)
