@@ -266,6 +266,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
             "file; flags override the file. Values are YAML scalars: true/false, null, 1e-4, [a, b]."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_method_args_help(),
     )
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (the keys below)")
     for name, info in settings().items():
@@ -278,6 +279,20 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="nested override, e.g. --set method_args.use_word_anchors=false (repeatable)",
     )
     return parser
+
+
+def _method_args_help() -> str:
+    """The `method_args` keys of each method (from its settings model), for the end of `--help`."""
+    import textwrap
+
+    from hf_sbir.training.methods import get_method_class
+
+    lines = ["method_args of each method (--set method_args.KEY=VALUE; details in hf_sbir/training/methods/<method>.py):"]
+    for name in METHODS:
+        settings_class = get_method_class(name).settings_class
+        keys = ", ".join(settings_class.known_keys()) if settings_class is not None else "(none)"
+        lines += textwrap.wrap(f"{name}: {keys}", width=100, initial_indent="  ", subsequent_indent="    ")
+    return "\n".join(lines)
 
 
 def _metavar(info) -> str:
