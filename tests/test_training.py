@@ -109,6 +109,8 @@ def test_exported_folder_loads_and_card_carries_metrics(tmp_path):
     card = ModelCard.load(folder / "README.md")
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     after = json.loads((result.output_dir / "eval_after.json").read_text())["metrics"]
+    # What the run used is what config.json records: method_args.num_neighbours=3 built the anchors.
+    assert model.config.word_anchor_neighbours == 3
     assert set(results) == set(after)
     for key, value in after.items():
         assert results[key] == pytest.approx(value, abs=1e-6)
@@ -150,3 +152,97 @@ def test_card_base_model_is_only_a_hub_id(tmp_path):
     assert _hub_base_model("packaged") is None  # the offline backbone is no Hub repository
     assert _hub_base_model(str(tmp_path)) is None  # a local folder
     assert _hub_base_model(None) is None
+
+
+# -- train.py as a user runs it (issue 23): one line and exit 2 for user errors, re-runs, quiet checkpoints --
+def _train_py_main():
+    import runpy
+
+    return runpy.run_path(str(REPO_ROOT / "train.py"))["main"]
+
+
+def _tiny_yaml(tmp_path, name="run", **overrides):
+    """A tiny run as a YAML file (what a user hands train.py)."""
+    import dataclasses
+
+    import yaml
+
+    data = dataclasses.asdict(tiny_args(tmp_path, name, iterations=2, **overrides))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_train_py_missing_dataset_is_one_line_and_leaves_nothing_behind(tmp_path):
+    config = _tiny_yaml(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config), "--dataset", str(tmp_path / "no-such-data")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Dataset folder not found") and "no-such-data" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()  # no empty logs/ or output folder
+
+
+def _wrong_layout(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "flat" / "cats").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "cats" / "a.png")
+    return ["--dataset", str(tmp_path / "flat")]
+
+
+USER_ERRORS = {
+    "unknown method_args": (lambda p: ["--set", "method_args.num_neighbors=3"], "Unknown sketch_an_anchor method_args ['num_neighbors']"),
+    "bad method_args value": (lambda p: ["--set", "method_args.contrastive_temperature=-1"], "contrastive_temperature must be > 0"),
+    "wrong dataset layout": (_wrong_layout, "Cannot recognise the layout"),
+    "bad config value": (lambda p: ["--keep_checkpoints", "-1"], "keep_checkpoints"),
+    "split null": (lambda p: ["--split", "null"], "split is null"),
+    "fg_sbir dataset in the wrong layout": (
+        lambda p: ["--method", "fg_sbir", "--split", "null", "--model_config", "null", "--method_args", "null",
+                   "--backbone_config", "null", "--backbone", "packaged"] + _wrong_layout(p),
+        "flat",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_ERRORS))
+def test_train_py_user_errors_are_one_line_before_any_work(tmp_path, capsys, case):
+    extra, expected = USER_ERRORS[case]
+    config = _tiny_yaml(tmp_path)
+    code = _train_py_main()(["--config", str(config), *extra(tmp_path)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and expected in lines[0], err
+    assert not (tmp_path / "run").exists()  # validated before anything was written
+
+
+def test_train_py_rerun_of_a_finished_run_shows_its_results(tmp_path, capsys, caplog):
+    import logging
+
+    config = _tiny_yaml(tmp_path, checkpoint_every=1)
+    main = _train_py_main()
+    with caplog.at_level(logging.INFO):
+        assert main(["--config", str(config)]) == 0
+    # One line of ours per checkpoint, none of accelerate's five.
+    assert [r.name for r in caplog.records if r.name.startswith("accelerate")] == []
+    saved = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Checkpoint ")]
+    assert len(saved) == 2 and saved[0].startswith("Checkpoint 1/2 saved: ")
+    first = capsys.readouterr().out
+    weights = tmp_path / "run" / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+
+    # The README command again, as a user types it: the finished result, no traceback, nothing retrained.
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--config", str(config)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "already holds this run, finished" in proc.stdout
+    table = first[first.index("| metric"):]
+    assert table in proc.stdout  # the same figures
+    assert weights.stat().st_mtime_ns == stamp
+
+    # Other settings in the same folder: one line saying what to do, exit 2, the run untouched.
+    assert main(["--config", str(config), "--iterations", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "another run (iterations: 2 -> 3)" in err and "--resume true" in err and "--output_dir" in err
+    assert weights.stat().st_mtime_ns == stamp

@@ -127,6 +127,11 @@ class TrainConfig:
     progress: bool = _setting(True, "show progress bars")
     method_args: dict = _setting(dict, "the method's own settings (per method: see hf_sbir/training/methods/*.py)")
 
+    @field_validator("model_config", "method_args", mode="before")
+    @classmethod
+    def _empty_mapping(cls, value):
+        return {} if value is None else value  # `method_args:` with nothing under it (YAML null): no settings
+
     @field_validator("split")
     @classmethod
     def _known_split(cls, value):
