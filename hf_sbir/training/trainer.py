@@ -252,9 +252,11 @@ def _previous_run(args: TrainConfig) -> TrainResult | None:
     checkpoints = list_checkpoints(output_dir)
     if args.resume or not checkpoints:
         return None
-    done = json.loads((checkpoints[-1] / "trainer_state.json").read_text()).get("iterations_done", 0)
-    saved_file = output_dir / RUN_SETTINGS_FILE
-    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
+    done, saved = 0, None
+    with contextlib.suppress(OSError, ValueError):  # unreadable: treated as unknown, never as "the same run"
+        done = int(json.loads((checkpoints[-1] / "trainer_state.json").read_text()).get("iterations_done", 0))
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads((output_dir / RUN_SETTINGS_FILE).read_text())
     current = json.loads(json.dumps(args.to_dict(), default=str))
     differ = [] if saved is None else sorted(k for k in set(saved) | set(current) if k not in _BOOKKEEPING and saved.get(k) != current.get(k))
     finished = done >= args.iterations and (output_dir / "model" / "config.json").is_file() and (output_dir / "eval_after.json").is_file()
