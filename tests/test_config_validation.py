@@ -194,3 +194,22 @@ def test_init_model_that_does_not_exist_is_one_line(tmp_path):
     runner = get_method_class("sketch_an_anchor")(TrainConfig(init_model=str(tmp_path / "missing")))
     with pytest.raises(ConfigError, match="init_model folder not found"):
         runner.check()
+
+
+# -- where the real data is (issue 23 item 7) ------------------------------------------------------
+def test_sbir_mini_not_found_names_the_variable_and_each_place_once(tmp_path, monkeypatch):
+    import hf_sbir.data.auto as auto
+
+    monkeypatch.setenv("HF_SBIR_MINI_ROOT", str(tmp_path / "nowhere"))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    # As installed somewhere without the shared data beside it: from the project root, "../shared" of the
+    # working directory and of the checkout are the same folder.
+    monkeypatch.setattr(auto, "__file__", str(tmp_path / "work" / "hf_sbir" / "data" / "auto.py"))
+    with pytest.raises(FileNotFoundError) as info:
+        auto.load_sbir_dataset("sbir-mini")
+    message = str(info.value)
+    assert "\n" not in message and "export HF_SBIR_MINI_ROOT=" in message and "nowhere" in message
+    tried = message.split("Looked in: ", 1)[1].rstrip(".").split(", ")
+    assert len(tried) == len(set(tried)) and all(p.startswith("/") and ".." not in p for p in tried)
+    assert str(tmp_path / "shared" / "data" / "sbir-mini") in tried  # ../shared, resolved
