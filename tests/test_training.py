@@ -111,6 +111,8 @@ def test_exported_folder_loads_and_card_carries_metrics(tmp_path):
     after = json.loads((result.output_dir / "eval_after.json").read_text())["metrics"]
     # What the run used is what config.json records: method_args.num_neighbours=3 built the anchors.
     assert model.config.word_anchor_neighbours == 3
+    recorded = json.loads((result.output_dir / "train_config.json").read_text())
+    assert recorded["method_args"] == {"word_anchor_neighbours": 3}  # validated, under the config's name
     assert set(results) == set(after)
     for key, value in after.items():
         assert results[key] == pytest.approx(value, abs=1e-6)
