@@ -246,5 +246,6 @@ def test_train_py_rerun_of_a_finished_run_shows_its_results(tmp_path, capsys, ca
     # Other settings in the same folder: one line saying what to do, exit 2, the run untouched.
     assert main(["--config", str(config), "--iterations", "3"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "another run (iterations: 2 -> 3)" in err and "--resume true" in err and "--output_dir" in err
+    assert err.count("\n") == 0 and "another run (iterations: 2 -> 3)" in err and "a new --output_dir" in err
+    assert "train_config.json) with --resume true" in err
     assert weights.stat().st_mtime_ns == stamp

@@ -14,6 +14,7 @@ never stopped.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,8 +62,7 @@ class TrainingMethod:
             return
         from transformers import AutoConfig
 
-        from pathlib import Path
-
+        # A path that does not exist gets its own message (the Hub's "repo id must be in the form..." misleads).
         looks_local = Path(init_model).expanduser().is_absolute() or init_model.startswith((".", "~")) or init_model.count("/") > 1
         if looks_local and not Path(init_model).expanduser().is_dir():
             raise ConfigError(f"init_model folder not found: {Path(init_model).expanduser().resolve()}; pass a trained model's folder.")

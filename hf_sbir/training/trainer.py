@@ -267,11 +267,17 @@ def _previous_run(args: TrainConfig) -> TrainResult | None:
             metrics_before=json.loads(before.read_text()) if args.eval_before and before.is_file() else None,
             metrics_after=json.loads((output_dir / "eval_after.json").read_text()), already_finished=True,
         )
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ[:4]) + (", ..." if len(differ) > 4 else "")
+        raise ConfigError(
+            f"{output_dir} already holds another run ({shown}). Pass a new --output_dir for this one (or delete "
+            f"{output_dir}); to continue that run, use its settings ({output_dir / RUN_SETTINGS_FILE}) with --resume "
+            "true. Nothing was changed."
+        )
     if saved is None:
         what = "a run whose settings were not recorded"
-    elif differ:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ[:4]) + (", ..." if len(differ) > 4 else "")
-        what = f"another run ({shown})"
+    elif done >= args.iterations:
+        what = "this run, trained but not exported (stopped during the final evaluation or export)"
     else:
         what = f"this run, stopped at iteration {done} of {args.iterations}"
     raise ConfigError(
