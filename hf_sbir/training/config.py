@@ -263,15 +263,22 @@ def _help(info) -> str:
     return text.replace("%", "%%")  # argparse %-formats help strings
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    def format_help(self) -> str:
+        # Listing each method's method_args imports every method; only --help pays for that (a run imports
+        # only the method it uses).
+        self.epilog = _method_args_help()
+        return super().format_help()
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="train.py",
         description=(
             "Train an hf-sbir model (Sketch-an-Anchor by default). Every flag is also a key of the --config "
             "file; flags override the file. Values are YAML scalars: true/false, null, 1e-4, [a, b]."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_method_args_help(),
     )
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (the keys below)")
     for name, info in settings().items():
