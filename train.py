@@ -31,8 +31,11 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError) as err:  # a wrong setting, or no such --config file
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        result = train(args)  # user errors surface as ConfigError, before any work (or file) is done
+        with logging_redirect_tqdm():  # log lines (e.g. each checkpoint) above the progress bar, not inside it
+            result = train(args)  # user errors surface as ConfigError, before any work (or file) is done
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
