@@ -17,6 +17,7 @@ import logging
 import sys
 
 from hf_sbir.training import config_from_args, train
+from hf_sbir.training.checkpointing import CheckpointError, ResumeMismatchError
 from hf_sbir.training.config import ConfigError
 from hf_sbir.training.evaluation import format_metric_table
 
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
     try:
         with logging_redirect_tqdm():  # log lines (e.g. each checkpoint) above the progress bar, not inside it
             result = train(args)  # user errors surface as ConfigError, before any work (or file) is done
-    except ConfigError as err:
+    except (ConfigError, ResumeMismatchError, CheckpointError) as err:  # each says what to do, in one line
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.already_finished:

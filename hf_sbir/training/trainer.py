@@ -10,7 +10,7 @@ folder are kept safe from kills, corruption and changed settings is `hf_sbir.tra
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import copy
 import json
 import logging
 import math
@@ -122,7 +122,8 @@ def train(args: TrainConfig) -> TrainResult:
     if getattr(method, "method_settings", None) is not None:
         # The validated values under their canonical names (num_neighbours -> word_anchor_neighbours, "1e-3" ->
         # 0.001): what train_config.json, the trackers and the model card record is what the run uses.
-        args = dataclasses.replace(args, method_args=method.method_settings.model_dump(exclude_unset=True))
+        args = copy.copy(args)  # the caller's object stays as given; no second validation of the rest
+        args.method_args = method.method_settings.model_dump(exclude_unset=True)
         method.args = args
     previous = _previous_run(args)
     if previous is not None:
