@@ -7,6 +7,9 @@ model card and `push_to_hub`. A method says how to build its model and transform
 batch of step `t`, and how to turn a batch into a loss; methods whose data is not a category-level
 zero-shot split (fine-grained pairs, procedural shapes) also override `load_data`.
 
+Settings: a method declares its `method_args` as one `MethodSettings` model (`settings_class`); the loop
+calls `check()` before any work, so a wrong setting is refused in one line before anything is written.
+
 Resumability rule: `next_batch(step)` must depend only on (seed, step) and on state returned by
 `state_dict()`, so that a run stopped after step t and resumed gives the same batches as one that
 never stopped.
