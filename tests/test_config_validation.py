@@ -138,6 +138,12 @@ def test_model_config_values_are_checked_by_the_config_class_before_work(method,
         runner.check()
 
 
+def test_shape_views_batch_larger_than_its_views_is_refused_before_work():
+    args = TrainConfig(method="shape_views", split=None, batch_size=16, method_args={"num_train_shapes": 2, "views_per_shape": 4})
+    with pytest.raises(ConfigError, match="batch_size 16 exceeds the 8 training views"):
+        get_method_class("shape_views")(args).check()
+
+
 def test_num_neighbours_is_the_config_field_the_anchors_use():
     runner = get_method_class("sketch_an_anchor")(TrainConfig(method_args={"num_neighbours": 3}))
     assert runner.model_kwargs == {"word_anchor_neighbours": 3}  # -> config.json, which setup() reads

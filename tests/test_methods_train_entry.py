@@ -131,6 +131,6 @@ def test_shipped_configs_parse(name):
     for config in (f"{name}.yaml", f"{name}_cpu.yaml"):
         args = config_from_args(["--config", str(REPO_ROOT / "configs" / config)])
         assert args.method == name
-        get_method_class(name)(args)  # the method accepts its method_args
+        get_method_class(name)(args).check()  # the method accepts its method_args and model settings
     cpu = config_from_args(["--config", str(REPO_ROOT / "configs" / f"{name}_cpu.yaml")])
     assert cpu.backbone == "packaged" and cpu.dataset == "embedded"  # runs offline

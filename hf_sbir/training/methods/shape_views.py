@@ -136,6 +136,19 @@ class ShapeViewsMethod(TrainingMethod):
         self._edge_cache: dict[int, np.ndarray] = {}
 
     # -- model ------------------------------------------------------------------------------------
+    def check(self) -> None:
+        super().check()
+        s = self.settings
+        views = int(s["num_train_shapes"]) * int(s["views_per_shape"])
+        if s["source"] == "procedural" and self.args.batch_size > views:
+            from hf_sbir.training.config import ConfigError
+
+            raise ConfigError(
+                f"batch_size {self.args.batch_size} exceeds the {views} training views (num_train_shapes "
+                f"{s['num_train_shapes']} x views_per_shape {s['views_per_shape']}); a batch holds distinct views. "
+                "Lower batch_size or raise method_args.num_train_shapes / views_per_shape."
+            )
+
     def build_model(self):
         from transformers import AutoModel
 
