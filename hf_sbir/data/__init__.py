@@ -12,9 +12,15 @@
 See `hf_sbir/data/README.md` for the layouts, the splits and the embedded set.
 """
 
-from hf_sbir.data.auto import load_sbir_dataset, sbir_mini_root
+from hf_sbir.data.auto import load_sbir_dataset, sbir_mini_root, sketchy_small_root
 from hf_sbir.data.benchmarks import load_quickdraw_ext, load_sketchy, load_tuberlin
-from hf_sbir.data.core import CorruptImageError, CorruptImageWarning, sbir_metadata, split_by_domain
+from hf_sbir.data.core import (
+    CorruptImageError,
+    CorruptImageWarning,
+    MissingSplitClassesWarning,
+    sbir_metadata,
+    split_by_domain,
+)
 from hf_sbir.data.embedded import EMBEDDED_CLASSES, load_embedded_default, render_embedded_image
 from hf_sbir.data.folder import load_sbir_folder
 from hf_sbir.data.processing import (
@@ -46,6 +52,7 @@ __all__ = [
     "CorruptImageError",
     "CorruptImageWarning",
     "EmptySketchError",
+    "MissingSplitClassesWarning",
     "PairedClassBatchSampler",
     "SbirImageTransform",
     "UnknownSplitError",
@@ -72,6 +79,7 @@ __all__ = [
     "render_embedded_image",
     "sbir_metadata",
     "sbir_mini_root",
+    "sketchy_small_root",
     "split_by_domain",
     "thicken_strokes",
     "threshold",

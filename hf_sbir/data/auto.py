@@ -11,6 +11,7 @@ from datasets import DatasetDict
 from hf_sbir.data.zero_shot import SplitLike
 
 SBIR_MINI_ENV = "HF_SBIR_MINI_ROOT"
+SKETCHY_SMALL_ENV = "HF_SBIR_SKETCHY_SMALL_ROOT"
 
 
 def sbir_mini_root() -> Path:
@@ -43,6 +44,34 @@ def sbir_mini_root() -> Path:
     )
 
 
+def sketchy_small_root() -> Path:
+    """Find sketchy-small (116 Sketchy classes, 25 sketches + 25 photos each; research-only, not shipped).
+
+    Looked up, in order: `$HF_SBIR_SKETCHY_SMALL_ROOT`; `shared/data/sketchy-small` under the current
+    directory; `../shared/data/sketchy-small` relative to the current directory and to the repository
+    root of this package (as for `sbir_mini_root`).
+    """
+    env = os.environ.get(SKETCHY_SMALL_ENV)
+    candidates = [Path(env).expanduser()] if env else []
+    repo_root = Path(__file__).resolve().parents[2]
+    candidates += [
+        Path.cwd() / "shared/data/sketchy-small",
+        Path.cwd().parent / "shared/data/sketchy-small",
+        repo_root / "shared/data/sketchy-small",
+        repo_root.parent / "shared/data/sketchy-small",
+    ]
+    for path in candidates:
+        if (path / "sketch").is_dir() and (path / "photo").is_dir():
+            return path
+    tried = list(dict.fromkeys(str(p.resolve()) for p in candidates))
+    env_note = f" (${SKETCHY_SMALL_ENV} is set to {env!r}, which has no sketch/ and photo/ folders)" if env else ""
+    raise FileNotFoundError(
+        f"sketchy-small not found{env_note}. Point ${SKETCHY_SMALL_ENV} at the folder that holds its sketch/ and "
+        f"photo/ folders (export {SKETCHY_SMALL_ENV}=/path/to/sketchy-small), or pass that folder itself as the "
+        f"dataset. Looked in: {', '.join(tried)}."
+    )
+
+
 def load_sbir_dataset(
     name_or_path: Union[str, os.PathLike],
     split: Optional[SplitLike] = None,
@@ -57,11 +86,13 @@ def load_sbir_dataset(
 
     - `"embedded"`: the package's synthetic default (`load_embedded_default`);
     - `"sbir-mini"`: the developers' real-data set, found by `sbir_mini_root()` (folder loader);
+    - `"sketchy-small"`: 116 Sketchy classes, found by `sketchy_small_root()` (folder loader; use the
+      `"sketchy_sake"` or `"sketchy_no"` split: the classes it lacks are named once in a warning);
     - a folder: `layout` if given (`"sketchy"`, `"tuberlin"`, `"quickdraw_ext"`, `"folder"`), else a
       benchmark recognised by its distinctive sub-folders, else the generic folder loader.
 
     Args:
-        name_or_path: `"embedded"`, `"sbir-mini"` or a folder.
+        name_or_path: `"embedded"`, `"sbir-mini"`, `"sketchy-small"` or a folder.
         split: zero-shot split name or `ZeroShotSplit`; `None` gives one `all` split.
         gzs: generalised zero-shot protocol (see `hf_sbir.data.core`).
         on_error: `"warn"` or `"raise"` for unreadable image files.
@@ -78,12 +109,14 @@ def load_sbir_dataset(
         return load_embedded_default(split=split, gzs=gzs, on_error=on_error, **kwargs)
     if name in ("sbir-mini", "sbir_mini"):
         return load_sbir_folder(sbir_mini_root(), split=split, gzs=gzs, on_error=on_error, **kwargs)
+    if name in ("sketchy-small", "sketchy_small"):
+        return load_sbir_folder(sketchy_small_root(), split=split, gzs=gzs, on_error=on_error, **kwargs)
 
     path = Path(name).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
             f"Dataset folder not found: {path.resolve()}. Pass an existing folder (with sketch/ and photo/ inside), "
-            "or one of the names 'embedded' (generated, offline) and 'sbir-mini'."
+            "or one of the names 'embedded' (generated, offline), 'sbir-mini' and 'sketchy-small'."
         )
     loaders = {
         "sketchy": load_sketchy,

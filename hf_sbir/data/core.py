@@ -53,6 +53,28 @@ class CorruptImageWarning(UserWarning):
     """Warning category for image files skipped because they cannot be read."""
 
 
+class MissingSplitClassesWarning(UserWarning):
+    """Classes of the zero-shot split with no images on disk (a subset download, e.g. sketchy-small): the
+    load goes on with the classes that are present; the missing ones are named once and recorded in the
+    metadata (`sbir_metadata(ds)["missing_seen_classes"]`, `["missing_unseen_classes"]`)."""
+
+
+def missing_classes_message(split, root: Path, missing_seen: Sequence[str], missing_unseen: Sequence[str]) -> str:
+    """One line naming the split classes absent from `root`, seen and unseen apart (what each absence costs
+    differs: a missing seen class narrows training, a missing unseen class narrows the evaluation)."""
+    n_seen, n_unseen = len(split.train_classes), len(split.test_classes)
+    parts = []
+    if missing_seen:
+        parts.append(f"{len(missing_seen)} of {n_seen} seen ({', '.join(missing_seen)})")
+    if missing_unseen:
+        parts.append(f"{len(missing_unseen)} of {n_unseen} unseen ({', '.join(missing_unseen)})")
+    return (
+        f"Split {split.name!r}: {' and '.join(parts)} class(es) have no images under {root}; using the "
+        f"{n_seen - len(missing_seen)} seen and {n_unseen - len(missing_unseen)} unseen classes present "
+        "(results cover those only)."
+    )
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One image file found on disk."""
@@ -250,12 +272,11 @@ def build_dataset_dict(
             UserWarning,
             stacklevel=2,
         )
-    missing = [c for c in split.train_classes + split.test_classes if normalize_class_name(c) not in found_norm]
-    if missing:
+    missing_seen = [c for c in split.train_classes if normalize_class_name(c) not in found_norm]
+    missing_unseen = [c for c in split.test_classes if normalize_class_name(c) not in found_norm]
+    if missing_seen or missing_unseen:
         warnings.warn(
-            f"{len(missing)} class(es) of split {split.name!r} have no images under {root}: " + ", ".join(missing),
-            UserWarning,
-            stacklevel=2,
+            missing_classes_message(split, root, missing_seen, missing_unseen), MissingSplitClassesWarning, stacklevel=2
         )
 
     # Classes present on disk keep their folder spelling; split classes not on disk are added so that
@@ -267,6 +288,9 @@ def build_dataset_dict(
     check_no_leak({r.class_name for r in train}, split.test_classes)
 
     meta.update(split=split.name, gzs=bool(gzs))
+    if missing_seen or missing_unseen:
+        # Recorded so that a result computed on a partial download says which classes it lacks.
+        meta.update(missing_seen_classes=missing_seen, missing_unseen_classes=missing_unseen)
     if gzs:
         meta.update(gzs_fraction=gzs_fraction, gzs_seed=seed)
         held = _gzs_holdout([r for r in train if r.domain == "photo"], root, gzs_fraction, seed)

@@ -110,8 +110,15 @@ def detect_fg_layout(root: PathLike) -> tuple[str, dict[tuple[str, str], Path]]:
             continue
         missing = [str(p) for p in folders.values() if not p.is_dir()]
         if missing:
+            hint = ""
+            if name == "domain_first" and sketch_dir is not None and not any((sketch_dir / s).is_dir() for s in SPLITS):
+                # Sketchy's sketch/<class>/<photo-id>-<n>.png: pairs exist, but the train/test cut is by class.
+                hint = (
+                    " Its sketch/ folder holds class folders: for instance-level pairs split zero-shot by class, use "
+                    "hf_sbir.data.fg_class_folders.load_fg_zero_shot(root, split)."
+                )
             raise FileNotFoundError(
-                f"{root} looks like the {name!r} fine-grained layout but lacks: {', '.join(missing)} ({LAYOUT_HELP})."
+                f"{root} looks like the {name!r} fine-grained layout but lacks: {', '.join(missing)} ({LAYOUT_HELP}).{hint}"
             )
         return name, folders
     raise FileNotFoundError(f"Cannot recognise a fine-grained SBIR layout in {root}: {LAYOUT_HELP}.")
