@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
+from _machine import cpu_model, library_versions  # benchmarks/ is on sys.path when a script runs
 
 VARIANTS = {
     "infonce": {"use_word_anchors": False, "use_visual_anchors": False},
@@ -121,6 +121,7 @@ def _reuse(result_file: Path, cfg, untrained: bool = False) -> dict | None:
 
 def _save(result_file: Path, cfg, metrics: dict, untrained: bool = False) -> dict:
     metrics["settings"] = _settings(cfg, untrained)
+    metrics["versions"] = library_versions()  # each run's own: a resumed table may mix runs of several sessions
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -240,7 +241,7 @@ def main(argv=None) -> dict:
         text += "\nSketch preprocessing, untrained backbone (seed %d):\n\n%s\n" % (args.seeds[0], study_preprocessing(args))
     print("\n" + text)
     (out / "table.md").write_text(text)
-    summary = {"args": vars(args), "results": {str(s): r for s, r in results.items()}}
+    summary = {"args": vars(args), "versions": library_versions(), "results": {str(s): r for s, r in results.items()}}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
 

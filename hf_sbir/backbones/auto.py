@@ -152,6 +152,9 @@ def resolve_backbone(
         if name_or_path in PACKAGED_NAMES:
             backbone = _load_packaged()
             return _chosen(backbone, "packaged", "packaged", "the packaged hybrid EfficientNet-Lite0 was requested")
+        if name_or_path in ("efficientnet-lite1", "efficientnet-lite2"):
+            backbone = load_pretrained_backbone(name_or_path)
+            return _chosen(backbone, "packaged", name_or_path, f"the packaged hybrid {name_or_path} was requested")
         location = _user_checkpoint_location(name_or_path, offline=offline)
         backbone = load_pretrained_backbone(location)
         return _chosen(backbone, "user", name_or_path, f"the requested backbone {name_or_path!r}")

