@@ -85,13 +85,9 @@ def base_config(args, seed: int, variant: str, iterations: int):
 
 def fine_grained_data(args):
     """The unseen classes' instance-level test set (sketch -> its source photo among all unseen photos)."""
-    import warnings
-
     from hf_sbir.data.fg_class_folders import load_fg_zero_shot
 
-    with warnings.catch_warnings():  # the absent classes were already named by the category-level load
-        warnings.simplefilter("ignore")
-        return load_fg_zero_shot(args.dataset, args.split, splits=("test",))["test"]
+    return load_fg_zero_shot(args.dataset, args.split, splits=("test",))["test"]
 
 
 def extra_evals(cfg, model, fg_test) -> dict:

@@ -31,6 +31,14 @@ needs_sketchy_small = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_memory(monkeypatch):
+    """Absent classes are named once per process; each test starts as a fresh process would."""
+    import hf_sbir.data.core as core
+
+    monkeypatch.setattr(core, "_NAMED_MISSING", set())
+
+
 def _manifest() -> list[dict]:
     with open(SKETCHY_SMALL / "manifest.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -58,6 +66,11 @@ def test_sake_split_uses_the_present_classes_and_names_the_absent_once():
     assert "6 of 100 seen" in messages[0] and "3 of 25 unseen" in messages[0]
     assert all(c in messages[0] for c in absent_seen + absent_unseen)
     assert "94 seen and 22 unseen classes present" in messages[0]
+    with warnings.catch_warnings(record=True) as again:  # training, evaluation ... load it again: named once
+        warnings.simplefilter("always")
+        load_fg_zero_shot(SKETCHY_SMALL, "sketchy_sake", splits=("test",), verify=False)
+        load_sbir_folder(SKETCHY_SMALL, split="sketchy_sake", verify=False)
+    assert _missing_warnings(again) == []
     meta = sbir_metadata(ds["train"])
     assert meta["missing_seen_classes"] == absent_seen and meta["missing_unseen_classes"] == absent_unseen
 

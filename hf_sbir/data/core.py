@@ -75,6 +75,23 @@ def missing_classes_message(split, root: Path, missing_seen: Sequence[str], miss
     )
 
 
+# (split, root, absent classes) already named in this process: a run loads its data several times (training,
+# evaluation, a benchmark's extra scores) and one line is enough; every load still records them in its metadata.
+_NAMED_MISSING: set = set()
+
+
+def warn_missing_classes(split, root: Path, missing_seen: Sequence[str], missing_unseen: Sequence[str]) -> None:
+    """Warn (`MissingSplitClassesWarning`, `missing_classes_message`) the first time a process loads `root` with
+    `split` and finds these classes absent; later loads of the same folder and split stay quiet."""
+    if not (missing_seen or missing_unseen):
+        return
+    key = (split.name, str(Path(root).resolve()), tuple(missing_seen), tuple(missing_unseen))
+    if key in _NAMED_MISSING:
+        return
+    _NAMED_MISSING.add(key)
+    warnings.warn(missing_classes_message(split, root, missing_seen, missing_unseen), MissingSplitClassesWarning, stacklevel=4)
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One image file found on disk."""
@@ -274,10 +291,7 @@ def build_dataset_dict(
         )
     missing_seen = [c for c in split.train_classes if normalize_class_name(c) not in found_norm]
     missing_unseen = [c for c in split.test_classes if normalize_class_name(c) not in found_norm]
-    if missing_seen or missing_unseen:
-        warnings.warn(
-            missing_classes_message(split, root, missing_seen, missing_unseen), MissingSplitClassesWarning, stacklevel=2
-        )
+    warn_missing_classes(split, root, missing_seen, missing_unseen)
 
     # Classes present on disk keep their folder spelling; split classes not on disk are added so that
     # the label space does not depend on which folders were downloaded.

@@ -36,12 +36,11 @@ from datasets import Image as ImageFeature
 
 from hf_sbir.data.core import (
     ImageRecord,
-    MissingSplitClassesWarning,
     PathLike,
     check_root,
-    missing_classes_message,
     scan_class_folders,
     verify_records,
+    warn_missing_classes,
 )
 from hf_sbir.data.fg_paired import SPLITS, UnmatchedSketchError, match_sketch_to_photo
 from hf_sbir.data.folder import folder_class_dirs
@@ -121,10 +120,7 @@ def load_fg_zero_shot(
     on_disk = {normalize_class_name(r.class_name) for r in records}
     missing_seen = [c for c in split.train_classes if normalize_class_name(c) not in on_disk]
     missing_unseen = [c for c in split.test_classes if normalize_class_name(c) not in on_disk]
-    if missing_seen or missing_unseen:
-        warnings.warn(
-            missing_classes_message(split, root, missing_seen, missing_unseen), MissingSplitClassesWarning, stacklevel=2
-        )
+    warn_missing_classes(split, root, missing_seen, missing_unseen)
     parts = {"train": split.train_classes, "test": split.test_classes}
     features = fg_class_folder_features()
     result = {}
