@@ -221,6 +221,19 @@ def _column(results, seeds, variant, pick) -> dict[str, list[float]]:
     return values
 
 
+def _mixed_versions(results) -> list[str]:
+    """`"<package>: v1, v2"` for each library whose version differs between the runs of a table (runs are
+    reused across sessions, so one table can mix them); the git commit is left out."""
+    seen: dict[str, set] = {}
+    for by_seed in results.values():
+        for by_variant in by_seed.values():
+            for metrics in by_variant.values():
+                for name, version in metrics.get("versions", {}).items():
+                    if name != "hf-sbir commit":
+                        seen.setdefault(name, set()).add(str(version))
+    return [f"{name}: {', '.join(sorted(v))}" for name, v in sorted(seen.items()) if len(v) > 1]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -313,11 +326,18 @@ def main(argv=None) -> dict:
             text += "\nTraining time per run (min): " + ", ".join(
                 f"{v} {statistics.mean(m):.1f}" for v, m in minutes.items()
             ) + "\n"
+    mixed = _mixed_versions(results)
+    if mixed:
+        text += (
+            "\nNote: these runs were made under different library versions (" + "; ".join(mixed) + "): "
+            "figures may differ from a single-version re-run.\n"
+        )
     print("\n" + text)
     (out / "table.md").write_text(text)
     summary = {
         "args": vars(args),
         "versions": versions,
+        "mixed_versions": mixed,
         "results": {str(i): {str(s): r for s, r in by_seed.items()} for i, by_seed in results.items()},
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))

