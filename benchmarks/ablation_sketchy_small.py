@@ -108,7 +108,7 @@ def extra_evals(cfg, model, fg_test) -> dict:
     return extras
 
 
-def run_trained(cfg, args, fg_test) -> dict:
+def run_trained(cfg, fg_test) -> dict:
     """Train (or reuse / resume) one variant; add the extra evaluations with the model the run exported."""
     from transformers import AutoModel
 
@@ -292,7 +292,7 @@ def main(argv=None) -> dict:
             results[iterations][seed] = {}
             for variant in args.variants:
                 cfg = base_config(args, seed, variant, iterations)
-                metrics = run_untrained(cfg, fg_test) if variant == "untrained" else run_trained(cfg, args, fg_test)
+                metrics = run_untrained(cfg, fg_test) if variant == "untrained" else run_trained(cfg, fg_test)
                 results[iterations][seed][variant] = metrics
                 seconds = metrics.get("train_seconds")
                 print(
