@@ -7,7 +7,12 @@ On disk a `GalleryIndex` is a folder with two files::
                               "normalization": "l2", "similarity": "cosine",
                               "model_name_or_path", "metadata": [one dict per row]}
 
-Search is exact: a chunked torch matmul with a running top-k, or faiss ``IndexFlatIP``.
+and, when an approximate index was built (`GalleryIndex.build_ann`), ``ann.faiss`` + ``ann.faiss.json``
+(the faiss index and its `AnnConfig`; ``index.json`` then names it under ``"ann"``).
+
+Search is exact (a chunked torch matmul with a running top-k, or faiss ``IndexFlatIP``) or
+approximate (faiss HNSW / IVF-Flat / IVF-PQ, `hf_sbir.retrieval.ann`); ``backend="auto"`` picks
+exact below `ANN_MIN_GALLERY` rows and approximate from there on.
 
 An index is validated when built and when loaded (`validate_gallery`): finite, unit-norm rows (a NaN
 row would score NaN against every query), one metadata dict per row with string keys, unique ``id``s,
@@ -28,20 +33,25 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from hf_sbir.retrieval.ann import AnnConfig, AnnIndex
 from hf_sbir.retrieval.embedding import IMAGE_EXTENSIONS, collect_items, embed_images
 
-__all__ = ["GalleryIndex", "build_gallery_index", "search_embeddings", "SEARCH_BACKENDS"]
+__all__ = ["ANN_MIN_GALLERY", "GalleryIndex", "build_gallery_index", "search_embeddings", "SEARCH_BACKENDS"]
 
 FORMAT_NAME = "hf-sbir-gallery-index"
 FORMAT_VERSION = 1
 EMBEDDINGS_FILE = "embeddings.safetensors"
 INDEX_FILE = "index.json"
-SEARCH_BACKENDS = ("auto", "torch", "faiss")
+ANN_FILE = "ann.faiss"
+SEARCH_BACKENDS = ("auto", "torch", "faiss", "ann")
+# Galleries from this size on are searched approximately by backend="auto": here exact search of one
+# query passes ~10 ms on one core while HNSW stays near 1 ms (benchmarks/bench_ann.py, BENCHMARKS.md).
+ANN_MIN_GALLERY = 100_000
 # Similarity-matrix entries computed at once by the torch backend (2**25 floats = 128 MB).
 _SEARCH_ELEMENTS = 1 << 25
 _QUERY_BLOCK = 4096
 
-Backend = Literal["auto", "torch", "faiss"]
+Backend = Literal["auto", "torch", "faiss", "ann"]
 # Rows must be unit-norm to this tolerance (float32 normalisation is exact to ~1e-7; 1e-3 allows fp16 sources).
 NORM_TOLERANCE = 1e-3
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -96,16 +106,19 @@ def validate_gallery(embeddings: torch.Tensor, metadata: Sequence[dict]) -> None
                 )
 
 
-def choose_backend(num_queries: int, num_gallery: int) -> str:
-    """The backend ``backend="auto"`` uses: ``"torch"``.
+def choose_backend(num_queries: int, num_gallery: int, has_ann: bool = False) -> str:
+    """The backend ``backend="auto"`` uses: ``"ann"`` when an approximate index is attached
+    (``has_ann``) or the gallery has at least `ANN_MIN_GALLERY` rows, else ``"torch"``.
 
+    Among exact backends:
     ``benchmarks/bench_search.py`` (exact top-10 over 10k and 1M random 512-d embeddings, query
     batches of 1 and 64, 2-core CPU; table in BENCHMARKS.md) found the chunked torch matmul
     faster than faiss-cpu ``IndexFlatIP`` in 3 of 4 cells -- 2-3x faster for batched queries --
     and within 12 % in the fourth (1M gallery, one query); it needs no second copy of the
-    gallery. faiss stays available as ``backend="faiss"``. The arguments are kept so the rule can
-    depend on the sizes later.
+    gallery. faiss stays available as ``backend="faiss"``.
     """
+    if has_ann or num_gallery >= ANN_MIN_GALLERY:
+        return "ann"
     return "torch"
 
 
@@ -182,14 +195,16 @@ def search_embeddings(
     Args:
         backend: ``"torch"`` (chunked matmul + running top-k merged across gallery chunks, so at
             most ``4096 x chunk_size`` similarities exist at once), ``"faiss"`` (``IndexFlatIP``,
-            exact; ``faiss_index`` reuses a built one) or ``"auto"`` (`choose_backend`: torch,
-            the faster one in ``benchmarks/bench_search.py``).
+            exact; ``faiss_index`` reuses a built one) or ``"auto"`` (torch, the faster one in
+            ``benchmarks/bench_search.py``). Approximate search needs a kept index: `GalleryIndex`.
         chunk_size: gallery rows per torch chunk; default keeps a chunk near 32M similarities.
     """
     queries = _check_search_args(gallery, queries, k, backend)
     k = min(k, gallery.shape[0])
+    if backend == "ann":
+        raise ValueError("search_embeddings is exact; for approximate search use GalleryIndex(...).search(backend='ann')")
     if backend == "auto":
-        backend = choose_backend(queries.shape[0], gallery.shape[0])
+        backend = "torch"  # exact: an approximate index is only worth building when it is kept (GalleryIndex)
     if backend == "faiss":
         return _search_faiss(faiss_index if faiss_index is not None else _build_faiss(gallery), queries, k)
     return _search_torch(gallery, queries.to(gallery.device), k, chunk_size)
@@ -232,6 +247,7 @@ class GalleryIndex:
         self.metadata = metadata
         self.model_name_or_path = None if model_name_or_path is None else str(model_name_or_path)
         self._faiss_index = None
+        self.ann: AnnIndex | None = None  # approximate index (build_ann / load), row i = embeddings row i
 
     def __len__(self) -> int:
         return self.embeddings.shape[0]
@@ -256,8 +272,16 @@ class GalleryIndex:
         chunk_size: int | None = None,
         *,
         normalize_queries: bool = True,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact cosine top-k: ``(scores (Q, k), indices (Q, k))``, best first (see `search_embeddings`).
+        """Cosine top-k: ``(scores (Q, k), indices (Q, k))``, best first.
+
+        ``backend``: ``"torch"`` / ``"faiss"`` are exact (see `search_embeddings`); ``"ann"`` uses the
+        approximate index (`build_ann`; built with the default `AnnConfig` on first use if there is
+        none); ``"auto"`` is `choose_backend`: approximate for galleries of `ANN_MIN_GALLERY` rows
+        or more, or whenever an approximate index is attached, else exact torch.
+        ``nprobe`` / ``ef_search`` override the approximate index's search parameters for this call.
 
         ``k`` is clipped to the gallery size. Queries are L2-normalised first unless
         ``normalize_queries=False``. The faiss backend builds its ``IndexFlatIP`` on first use and
@@ -267,12 +291,46 @@ class GalleryIndex:
         if normalize_queries:
             queries = F.normalize(queries, dim=1)
         if backend == "auto":
-            backend = choose_backend(queries.shape[0], len(self))
+            backend = choose_backend(queries.shape[0], len(self), self.ann is not None)
+        if backend == "ann":
+            return self._search_ann(queries, min(k, len(self)), nprobe, ef_search)
         if backend == "faiss" and self._faiss_index is None:
             self._faiss_index = _build_faiss(self.embeddings)
         return search_embeddings(
             self.embeddings, queries, k, backend, chunk_size, faiss_index=self._faiss_index
         )
+
+    def build_ann(self, config: AnnConfig | str | None = None, **params) -> AnnIndex:
+        """Build (and attach, replacing any other) an approximate index over the embeddings.
+
+        ``config``: an `AnnConfig`, or just its kind (``"hnsw"``, ``"ivf_flat"``, ``"ivf_pq"``);
+        ``params`` override its fields, e.g. ``build_ann("ivf_flat", nlist=4096, nprobe=64)``.
+        `save` writes it next to the embeddings and `load` maps it back.
+        """
+        if isinstance(config, str):
+            config = AnnConfig(kind=config)
+        self.ann = AnnIndex.build(self.embeddings, config, **params)
+        return self.ann
+
+    def _search_ann(
+        self, queries: torch.Tensor, k: int, nprobe: int | None, ef_search: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ann is None:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "building the default approximate index (%s) over %d rows; save() the GalleryIndex to keep it",
+                AnnConfig().kind,
+                len(self),
+            )
+            self.build_ann()
+        scores, indices = self.ann.search(queries, k, gallery=self.embeddings, nprobe=nprobe, ef_search=ef_search)
+        # An IVF index returns fewer than k hits when the probed cells hold fewer rows; those
+        # queries get exact answers rather than -1 rows that would index metadata[-1].
+        short = (indices < 0).any(dim=1)
+        if short.any():
+            scores[short], indices[short] = _search_torch(self.embeddings, queries[short], k, None)
+        return scores, indices
 
     def results(self, indices: torch.Tensor, scores: torch.Tensor | None = None) -> list[list[dict]]:
         """Metadata of search results: per query, a list of dicts (with ``"index"`` and ``"score"``)."""
@@ -304,6 +362,8 @@ class GalleryIndex:
             "model_name_or_path": self.model_name_or_path,
             "metadata": self.metadata,
         }
+        if self.ann is not None:
+            info["ann"] = {"file": ANN_FILE, "kind": self.ann.kind}
         try:
             text = json.dumps(info, indent=1, ensure_ascii=False)
         except (TypeError, ValueError) as error:
@@ -314,12 +374,35 @@ class GalleryIndex:
             str(directory / EMBEDDINGS_FILE),
             metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)},
         )
+        self._save_ann(directory)
         (directory / INDEX_FILE).write_text(text, encoding="utf-8")
         return directory
 
+    def _save_ann(self, directory: Path) -> None:
+        path = directory / ANN_FILE
+        if self.ann is not None:
+            self.ann.save(path)
+        else:  # a stale approximate index of an earlier save must not be loaded with these rows
+            for stale in (path, Path(f"{path}.json")):
+                stale.unlink(missing_ok=True)
+
+    def _load_ann(self, directory: Path, info: dict, mmap: bool) -> None:
+        entry = info.get("ann")
+        if entry is None:
+            return
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or "/" in entry["file"]:
+            raise ValueError(f"{directory / INDEX_FILE}: 'ann' must be {{'file': name, 'kind': ...}}, got {entry!r}")
+        ann = AnnIndex.load(directory / entry["file"], mmap=mmap)
+        if (ann.count, ann.dim) != (len(self), self.dim):
+            raise ValueError(
+                f"{directory / entry['file']} indexes {ann.count} x {ann.dim} vectors but the gallery is "
+                f"{len(self)} x {self.dim}; rebuild it with GalleryIndex.build_ann() and save()"
+            )
+        self.ann = ann
+
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, expected_dim: int | None = None) -> GalleryIndex:
-        """Read a folder written by `save`.
+    def load(cls, directory: str | os.PathLike, *, expected_dim: int | None = None, mmap: bool = True) -> GalleryIndex:
+        """Read a folder written by `save` (with its approximate index, memory-mapped unless ``mmap=False``).
 
         Raises:
             FileNotFoundError: the folder or one of its two files is missing.
@@ -374,9 +457,11 @@ class GalleryIndex:
         if name is not None and not isinstance(name, str):
             raise ValueError(f"{directory / INDEX_FILE}: model_name_or_path must be a string or null")
         try:
-            return cls(embeddings, metadata, name, normalize=False)
+            index = cls(embeddings, metadata, name, normalize=False)
         except ValueError as error:
             raise ValueError(f"{directory}: {error}") from None
+        index._load_ann(directory, info, mmap)
+        return index
 
 
 def _model_name(model: Any) -> str | None:

@@ -1,0 +1,284 @@
+"""Approximate top-k search over a gallery: faiss HNSW, IVF-Flat and IVF-PQ behind one small class.
+
+Exact search costs ``N x D`` multiply-adds per query (134 ms at 1M x 512 on one core here, see
+BENCHMARKS.md), so past a few hundred thousand photos a gallery needs an approximate index:
+
+* ``"hnsw"``: a graph (faiss ``IndexHNSWFlat``); fastest queries, no training, but the slowest build
+  and the vectors plus ``2 * M`` links each stay in RAM.
+* ``"ivf_flat"``: k-means cells (faiss ``IndexIVFFlat``); a query scans the ``nprobe`` nearest cells.
+  Builds in seconds to a minute, full float vectors (exact scores within the scanned cells).
+* ``"ivf_pq"``: the same cells with vectors compressed to ``pq_bytes`` bytes (faiss ``IndexIVFPQ``),
+  the index for galleries that do not fit in RAM as float32. Compressed scores are coarse, so the
+  ``rerank * k`` best candidates are re-scored exactly from the gallery's float embeddings (which
+  may stay memory-mapped on disk: only the candidate rows are read).
+
+All use inner product on L2-normalised vectors, i.e. cosine similarity, like the exact backends.
+`AnnConfig` holds every build and search parameter; its defaults (see `AnnConfig`) reach
+recall@10 >= 0.95 against exact search on the clustered benchmark set (benchmarks/bench_ann.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["ANN_KINDS", "AnnConfig", "AnnIndex", "recall_at_k"]
+
+ANN_KINDS = ("hnsw", "ivf_flat", "ivf_pq")
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("approximate search needs the faiss-cpu package: pip install faiss-cpu") from error
+    return faiss
+
+
+@dataclass
+class AnnConfig:
+    """Build and search parameters of an approximate index. ``None`` means "derive from the gallery size".
+
+    Args:
+        kind: ``"hnsw"``, ``"ivf_flat"`` or ``"ivf_pq"`` (see the module docstring).
+        nlist: IVF cells. Default ``4 * sqrt(N)`` (faiss' rule of thumb), at least 1 and at most N / 39
+            so that k-means has 39 training points per cell.
+        nprobe: IVF cells scanned per query. Default ``max(16, nlist // 16)``: scanning ~6 % of the
+            gallery kept recall@10 >= 0.95 on the spread-cluster benchmark set, where ``nprobe=8``
+            of 4096 fell to ~0.7 (BENCHMARKS.md).
+        m: HNSW links per node (faiss ``M``); more = better recall, more RAM (``8 * M`` bytes a vector).
+        ef_construction: HNSW candidate list while building; more = better graph, slower build.
+        ef_search: HNSW candidate list per query (raised to ``k`` if smaller).
+        pq_bytes: IVF-PQ bytes per vector (sub-quantisers of 8 bits). Default: the largest divisor
+            of ``dim`` that is at most ``dim / 8`` (64 bytes for 512-d, i.e. 32x smaller than float32).
+        pq_nbits: bits per PQ sub-quantiser code. Default 8, fewer when the training sample is
+            smaller than the 39 points per centroid faiss asks for (galleries under ~10k rows).
+        rerank: IVF-PQ re-scores ``rerank * k`` candidates exactly (needs the float embeddings).
+        train_size: at most this many gallery rows train the IVF k-means / PQ codebooks (a random
+            sample; default ``64 * nlist``, inside faiss' advised 39..256 points per cell).
+        seed: sampling and k-means seed (builds are reproducible).
+    """
+
+    kind: str = "hnsw"
+    nlist: int | None = None
+    nprobe: int | None = None
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 96
+    pq_bytes: int | None = None
+    pq_nbits: int | None = None
+    rerank: int = 10
+    train_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ANN_KINDS:
+            raise ValueError(f"ANN kind must be one of {list(ANN_KINDS)}, got {self.kind!r}")
+        for name in ("nlist", "nprobe", "pq_bytes", "pq_nbits", "train_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"AnnConfig.{name} must be a positive integer or None, got {value!r}")
+        for name in ("m", "ef_construction", "ef_search", "rerank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"AnnConfig.{name} must be a positive integer, got {value!r}")
+
+    def resolved(self, count: int, dim: int) -> AnnConfig:
+        """A copy with every ``None`` replaced by its value for a gallery of ``count x dim``."""
+        nlist = self.nlist or max(1, min(int(round(4 * math.sqrt(count))), count // 39))
+        nlist = min(nlist, count)
+        nprobe = min(self.nprobe or max(16, nlist // 16), nlist)
+        pq_bytes = self.pq_bytes
+        if pq_bytes is None:
+            pq_bytes = max(b for b in range(1, max(1, dim // 8) + 1) if dim % b == 0)
+        if self.kind == "ivf_pq" and dim % pq_bytes:
+            raise ValueError(f"pq_bytes={pq_bytes} must divide the embedding dim {dim}")
+        train_size = min(count, self.train_size or 64 * nlist)
+        pq_nbits = self.pq_nbits or max(1, min(8, int(math.log2(max(2, train_size // 39)))))
+        return replace(self, nlist=nlist, nprobe=nprobe, pq_bytes=pq_bytes, pq_nbits=pq_nbits, train_size=train_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AnnConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ANN parameters {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def _as_float32(array: Any) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().float().numpy()
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+class AnnIndex:
+    """A built faiss approximate index plus the `AnnConfig` that built it (resolved to the gallery size).
+
+    Row ``i`` of the index is row ``i`` of the gallery embeddings it was built from.
+    """
+
+    def __init__(self, index: Any, config: AnnConfig):
+        self.index = index
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"AnnIndex(kind={self.config.kind!r}, count={self.count}, dim={self.dim})"
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    # ------------------------------------------------------------------------------- build
+    @classmethod
+    def build(cls, embeddings: Any, config: AnnConfig | None = None, **overrides) -> AnnIndex:
+        """Build over ``embeddings (N, D)`` (L2-normalised float32). ``overrides`` replace config fields."""
+        faiss = _faiss()
+        config = replace(config or AnnConfig(), **overrides) if overrides else (config or AnnConfig())
+        vectors = _as_float32(embeddings)
+        if vectors.ndim != 2 or vectors.shape[0] == 0:
+            raise ValueError(f"embeddings must be a non-empty (N, D) matrix, got shape {vectors.shape}")
+        count, dim = vectors.shape
+        config = config.resolved(count, dim)
+        metric = faiss.METRIC_INNER_PRODUCT
+        if config.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, config.m, metric)
+            index.hnsw.efConstruction = config.ef_construction
+        else:
+            quantizer = faiss.IndexFlatIP(dim)
+            if config.kind == "ivf_flat":
+                index = faiss.IndexIVFFlat(quantizer, dim, config.nlist, metric)
+            else:
+                index = faiss.IndexIVFPQ(quantizer, dim, config.nlist, config.pq_bytes, config.pq_nbits, metric)
+            index.cp.seed = config.seed
+            # k-means and PQ codebooks learn from a random sample: enough points per cell, bounded time.
+            rows = np.random.default_rng(config.seed).choice(count, config.train_size, replace=False)
+            rows.sort()
+            index.train(vectors[rows])
+            index.own_fields = True
+            quantizer.this.disown()  # the IVF index owns (and frees) its quantizer
+        # Adding in blocks keeps faiss' temporary buffers (and a torch->numpy copy) small.
+        for start in range(0, count, 262_144):
+            index.add(vectors[start : start + 262_144])
+        return cls(index, config)
+
+    # ------------------------------------------------------------------------------ search
+    def search(
+        self,
+        queries: Any,
+        k: int,
+        *,
+        gallery: Any = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        rerank: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Approximate inner-product top-k: ``(scores (Q, k), indices (Q, k))``, best first.
+
+        A slot the index could not fill (e.g. IVF cells holding fewer than k vectors) has index -1
+        and score ``-inf``. ``nprobe`` / ``ef_search`` / ``rerank`` override the config for this call.
+        ``gallery``: the float embeddings, needed by IVF-PQ to re-score its candidates exactly
+        (without it IVF-PQ returns its compressed scores).
+        """
+        faiss = _faiss()
+        queries = _as_float32(queries)
+        config = self.config
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or config.ef_search, k))
+            candidates = k
+        else:
+            params = faiss.SearchParametersIVF(nprobe=min(nprobe or config.nprobe, config.nlist))
+            candidates = k * (rerank or config.rerank) if self.kind == "ivf_pq" and gallery is not None else k
+        candidates = min(candidates, self.count)
+        scores, indices = self.index.search(queries, candidates, params=params)
+        scores, indices = torch.from_numpy(scores), torch.from_numpy(indices).long()
+        if candidates > k:
+            scores, indices = _rerank(gallery, torch.from_numpy(queries), indices, k)
+        scores[indices < 0] = float("-inf")
+        return scores, indices
+
+    # ------------------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the faiss index to ``path`` and its config next to it (``path`` + ``.json``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _faiss().write_index(self.index, str(path))
+        Path(f"{path}.json").write_text(json.dumps(self.config.to_dict(), indent=1), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, mmap: bool = True) -> AnnIndex:
+        """Read an index written by `save`.
+
+        ``mmap=True`` maps the file instead of reading it where faiss supports that (IVF inverted
+        lists; flat/HNSW vectors with faiss >= 1.9): opening is instant and the OS pages in only
+        what searches touch. Index types faiss cannot map are read normally.
+        """
+        faiss = _faiss()
+        path = Path(path)
+        if not path.is_file() or not Path(f"{path}.json").is_file():
+            raise FileNotFoundError(f"no approximate index at {path} (expected {path.name} and {path.name}.json)")
+        try:
+            config = AnnConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError, ValueError) as error:
+            raise ValueError(f"corrupt {path}.json: {error}") from error
+        index = None
+        if mmap:
+            for flag in _mmap_flags(faiss, config.kind):
+                try:
+                    index = faiss.read_index(str(path), flag)
+                    break
+                except RuntimeError:
+                    continue  # this index type cannot be mapped with this flag: try the next, then a plain read
+        if index is None:
+            try:
+                index = faiss.read_index(str(path))
+            except RuntimeError as error:
+                raise ValueError(f"corrupt approximate index {path}: {str(error).splitlines()[0]}") from error
+        return cls(index, config)
+
+
+def _mmap_flags(faiss, kind: str) -> list[int]:
+    flags = []
+    if kind in ("ivf_flat", "ivf_pq"):
+        flags.append(faiss.IO_FLAG_MMAP)  # inverted lists read straight from the file
+    if hasattr(faiss, "IO_FLAG_MMAP_IFC"):
+        flags.append(faiss.IO_FLAG_MMAP_IFC)  # flat codes (HNSW's vectors) mapped, graph read
+    return flags
+
+
+def _rerank(gallery: Any, queries: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact scores of each query's candidate rows; the best ``k`` of them."""
+    gallery = torch.as_tensor(gallery)
+    valid = candidates >= 0
+    rows = gallery[candidates.clamp(min=0).flatten()].float().view(*candidates.shape, -1)
+    scores = torch.einsum("qd,qcd->qc", queries.float(), rows)
+    scores[~valid] = float("-inf")
+    best, position = scores.topk(k, dim=1)
+    return best, candidates.gather(1, position)
+
+
+def recall_at_k(approximate: torch.Tensor, exact: torch.Tensor) -> float:
+    """Mean fraction of each query's exact top-k indices found in its approximate top-k."""
+    approximate, exact = torch.as_tensor(approximate), torch.as_tensor(exact)
+    k = exact.shape[1]
+    hits = (approximate[:, :, None] == exact[:, None, :]).any(dim=1).sum().item()
+    return hits / (exact.shape[0] * k)
