@@ -1,10 +1,15 @@
 """Embedding, gallery indexing, search and end-to-end evaluation for sketch-based image retrieval."""
 
+from .ann import ANN_KINDS, AnnConfig, AnnIndex, recall_at_k
 from .embedding import IMAGE_EXTENSIONS, ImageLoadError, collect_items, embed_images, list_image_files
 from .evaluation import RetrievalEvaluation, evaluate_retrieval
-from .index import SEARCH_BACKENDS, GalleryIndex, build_gallery_index, choose_backend, search_embeddings
+from .index import ANN_MIN_GALLERY, SEARCH_BACKENDS, GalleryIndex, build_gallery_index, choose_backend, search_embeddings
 
 __all__ = [
+    "ANN_KINDS",
+    "ANN_MIN_GALLERY",
+    "AnnConfig",
+    "AnnIndex",
     "IMAGE_EXTENSIONS",
     "SEARCH_BACKENDS",
     "GalleryIndex",
@@ -16,5 +21,6 @@ __all__ = [
     "embed_images",
     "evaluate_retrieval",
     "list_image_files",
+    "recall_at_k",
     "search_embeddings",
 ]

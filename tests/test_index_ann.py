@@ -1,0 +1,121 @@
+"""Approximate gallery search (faiss HNSW / IVF-Flat / IVF-PQ) behind GalleryIndex.search."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_sbir.retrieval import AnnConfig, GalleryIndex
+from hf_sbir.retrieval import index as index_module
+from hf_sbir.retrieval.ann import AnnIndex, recall_at_k
+
+faiss = pytest.importorskip("faiss")
+
+
+def clustered(count, dim=64, clusters=200, spread=1.3, seed=0):
+    """Unit vectors around random centres; ``spread`` = expected noise norm relative to a centre.
+
+    At 1.3 neighbouring clusters overlap enough that a small nprobe / efSearch misses true
+    neighbours (asserted below), so the recall checks are not flattered by trivially separable data.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(clusters, dim, generator=generator), dim=1)
+
+    def draw(n):
+        labels = torch.randint(0, clusters, (n,), generator=generator)
+        noise = torch.randn(n, dim, generator=generator) * spread / dim**0.5
+        return F.normalize(centres[labels] + noise, dim=1)
+
+    return draw(count), draw(200)
+
+
+@pytest.fixture(scope="module")
+def data():
+    gallery, queries = clustered(20_000)
+    _, exact = GalleryIndex(gallery, normalize=False).search(queries, k=10, backend="torch")
+    return gallery, queries, exact
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf_flat", "ivf_pq"])
+def test_defaults_reach_recall_at_10_of_095_against_exact(data, kind):
+    gallery, queries, exact = data
+    index = GalleryIndex(gallery, normalize=False)
+    index.build_ann(kind)
+    scores, found = index.search(queries, k=10, backend="ann")
+    assert recall_at_k(found, exact) >= 0.95
+    # Scores are true cosine similarities, best first.
+    assert torch.allclose(scores, (queries[:, None, :] * gallery[found]).sum(-1), atol=1e-4)
+    assert (scores[:, :-1] >= scores[:, 1:] - 1e-6).all()
+    # The set is hard enough that a starved search loses recall (so the check above can fail).
+    _, starved = index.search(queries, k=10, backend="ann", nprobe=1, ef_search=1)
+    assert recall_at_k(starved, exact) < 0.95
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf_flat", "ivf_pq"])
+def test_saved_index_reloads_memory_mapped_with_the_same_answers(tmp_path, data, kind):
+    gallery, queries, _ = data
+    index = GalleryIndex(gallery[:5000], [{"id": i} for i in range(5000)], normalize=False)
+    index.build_ann(kind, nlist=64)
+    expected = index.search(queries, k=10)  # auto uses the attached index
+    index.save(tmp_path)
+    loaded = GalleryIndex.load(tmp_path)
+    assert loaded.ann is not None and loaded.ann.kind == kind and loaded.ann.config == index.ann.config
+    if kind != "hnsw":  # IVF inverted lists are read from the mapped file, not copied into RAM
+        assert isinstance(faiss.downcast_InvertedLists(loaded.ann.index.invlists), faiss.OnDiskInvertedLists)
+    got = loaded.search(queries, k=10)
+    assert torch.equal(got[1], expected[1]) and torch.allclose(got[0], expected[0])
+    in_ram = GalleryIndex.load(tmp_path, mmap=False)
+    assert torch.equal(in_ram.search(queries, k=10)[1], expected[1])
+
+
+def test_auto_is_exact_below_the_threshold_and_approximate_above(monkeypatch, data):
+    gallery, queries, exact = data
+    small = GalleryIndex(gallery, normalize=False)
+    assert torch.equal(small.search(queries, k=10)[1], exact) and small.ann is None
+    monkeypatch.setattr(index_module, "ANN_MIN_GALLERY", 10_000)
+    large = GalleryIndex(gallery, normalize=False)
+    _, found = large.search(queries, k=10)
+    assert large.ann is not None and large.ann.kind == AnnConfig().kind  # built once, kept
+    assert recall_at_k(found, exact) >= 0.95
+
+
+def test_unfilled_ivf_slots_fall_back_to_exact_results():
+    gallery = F.normalize(torch.randn(400, 16), dim=1)
+    index = GalleryIndex(gallery, normalize=False)
+    index.build_ann("ivf_flat", nlist=10, nprobe=1)  # one cell of ~40 rows cannot fill k=100
+    scores, found = index.search(gallery[:5], k=100)
+    assert (found >= 0).all() and torch.isfinite(scores).all()
+    assert torch.equal(found, index.search(gallery[:5], k=100, backend="torch")[1])
+
+
+def test_resaving_without_an_approximate_index_drops_the_stale_one(tmp_path, data):
+    gallery, queries, _ = data
+    index = GalleryIndex(gallery[:2000], normalize=False)
+    index.build_ann("ivf_flat")
+    index.save(tmp_path)
+    GalleryIndex(gallery[2000:3000], normalize=False).save(tmp_path)  # another gallery, same folder
+    reloaded = GalleryIndex.load(tmp_path)
+    assert reloaded.ann is None and len(reloaded) == 1000
+    assert not (tmp_path / "ann.faiss").exists()
+
+
+def test_an_approximate_index_of_another_gallery_is_refused(tmp_path, data):
+    gallery, _, _ = data
+    index = GalleryIndex(gallery[:2000], normalize=False)
+    index.build_ann("ivf_flat")
+    index.save(tmp_path)
+    AnnIndex.build(gallery[:1500], kind="ivf_flat").save(tmp_path / "ann.faiss")
+    with pytest.raises(ValueError, match="1500 x 64 vectors but the gallery is 2000 x 64"):
+        GalleryIndex.load(tmp_path)
+
+
+def test_bad_parameters_are_named():
+    with pytest.raises(ValueError, match="ANN kind must be one of"):
+        AnnConfig(kind="annoy")
+    with pytest.raises(ValueError, match="nprobe must be a positive integer"):
+        AnnConfig(kind="ivf_flat", nprobe=0)
+    with pytest.raises(ValueError, match="pq_bytes=7 must divide the embedding dim 64"):
+        GalleryIndex(torch.randn(500, 64)).build_ann("ivf_pq", pq_bytes=7)
+    with pytest.raises(ValueError, match="exact"):
+        from hf_sbir.retrieval import search_embeddings
+
+        search_embeddings(torch.randn(10, 4), torch.randn(1, 4), backend="ann")
