@@ -66,11 +66,11 @@ class AnnConfig:
         seed: sampling and k-means seed (builds are reproducible).
     """
 
-    kind: str = "hnsw"
+    kind: str = "ivf_flat"
     nlist: int | None = None
     nprobe: int | None = None
     m: int = 32
-    ef_construction: int = 80
+    ef_construction: int = 40
     ef_search: int = 96
     pq_bytes: int | None = None
     pq_nbits: int | None = None

@@ -345,6 +345,34 @@ class GalleryIndex:
             out.append(hits)
         return out
 
+    # ------------------------------------------------------------- Hugging Face datasets form
+    def to_dataset(self, embeddings_column: str = "embeddings"):
+        """The gallery as a `datasets.Dataset`: metadata columns + a float32 ``embeddings`` column
+        (``add_faiss_index("embeddings")`` works on it). See `hf_sbir.retrieval.gallery_dataset`."""
+        from hf_sbir.retrieval.gallery_dataset import gallery_to_dataset
+
+        return gallery_to_dataset(self, embeddings_column)
+
+    @classmethod
+    def from_dataset(cls, dataset, embeddings_column: str = "embeddings", **kwargs) -> GalleryIndex:
+        """A `GalleryIndex` from a dataset with an embeddings column (the inverse of `to_dataset`)."""
+        from hf_sbir.retrieval.gallery_dataset import gallery_from_dataset
+
+        return gallery_from_dataset(dataset, embeddings_column, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Publish the gallery as a Hub dataset (``to_dataset().push_to_hub``); ``from_hub`` reads it back."""
+        from hf_sbir.retrieval.gallery_dataset import push_gallery_to_hub
+
+        return push_gallery_to_hub(self, repo_id, **kwargs)
+
+    @classmethod
+    def from_hub(cls, repo_id: str, split: str = "train", **kwargs) -> GalleryIndex:
+        """``from_dataset(load_dataset(repo_id, split=split))``; a clear `OSError` when offline."""
+        from hf_sbir.retrieval.gallery_dataset import load_gallery_from_hub
+
+        return load_gallery_from_hub(repo_id, split, **kwargs)
+
     # ---------------------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``embeddings.safetensors`` and ``index.json`` into ``directory`` (created if needed)."""

@@ -1,0 +1,206 @@
+"""Approximate vs exact gallery search at scale: build time, size, latency and recall@10.
+
+The gallery is synthetic: ``--size`` L2-normalised ``--dim``-d vectors drawn around ``--clusters``
+random unit centres with Gaussian noise of expected norm ``--spread`` (relative to the unit centre;
+cosine to the own centre ~ 1/sqrt(1 + spread^2)). Queries are drawn the same way. With the default
+spread 1.0 neighbouring clusters overlap, so an IVF index that scans few cells loses recall
+(the nprobe sweep in the output shows it); tight clusters (spread ~0.3) reach recall 1.0 at
+nprobe 8 and flatter every approximate index.
+
+Per index: build time (train + add), size on disk (the saved file), resident memory after a plain
+load (and after the timed searches when memory-mapped), median latency of one query and of a
+batch of 64 queries, and recall@10 against exact top-10 (the exact torch search over all queries).
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_ann.py                       # 1M x 512
+    python benchmarks/bench_ann.py --size 100000 --indexes ivf_flat hnsw   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
+
+
+def clustered(count: int, dim: int, centres: torch.Tensor, spread: float, generator, block: int = 100_000):
+    out = torch.empty(count, dim)
+    for start in range(0, count, block):
+        n = min(block, count - start)
+        labels = torch.randint(0, centres.shape[0], (n,), generator=generator)
+        noise = torch.randn(n, dim, generator=generator) * (spread / dim**0.5)
+        out[start : start + n] = F.normalize(centres[labels] + noise, dim=1)
+    return out
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def latency(search, queries, repeats: int) -> tuple[float, float]:
+    """(ms for one query, ms for a batch of 64), medians; one query cycles through the query set."""
+    position = iter(range(10**9))
+
+    def one():
+        i = next(position) % queries.shape[0]
+        search(queries[i : i + 1])
+
+    return median_ms(one, repeats * 5), median_ms(lambda: search(queries[:64]), repeats)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--clusters", type=int, default=10_000, help="cluster centres (default: 100 rows a cluster at 1M)")
+    parser.add_argument("--spread", type=float, default=1.3)
+    parser.add_argument("--queries", type=int, default=500, help="queries for recall (latency uses the first ones)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--indexes",
+        nargs="+",
+        default=["torch", "faiss_flat", "hnsw", "ivf_flat", "ivf_pq", "milvus"],
+        help="torch faiss_flat hnsw ivf_flat ivf_pq milvus",
+    )
+    parser.add_argument("--nprobes", type=int, nargs="+", default=[8, 32, 64, 128, 256], help="IVF sweep")
+    parser.add_argument("--ef-searches", type=int, nargs="+", default=[16, 32, 64, 128], help="HNSW sweep")
+    parser.add_argument("--hnsw-m", type=int, default=None, help="override AnnConfig.m")
+    parser.add_argument("--ef-construction", type=int, default=None, help="override AnnConfig.ef_construction")
+    args = parser.parse_args(argv)
+
+    import faiss
+
+    from hf_sbir.retrieval import AnnConfig, AnnIndex, GalleryIndex, recall_at_k
+    from hf_sbir.retrieval.index import _search_torch
+
+    generator = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(args.clusters, args.dim, generator=generator), dim=1)
+    start = time.perf_counter()
+    gallery = clustered(args.size, args.dim, centres, args.spread, generator)
+    queries = clustered(args.queries, args.dim, centres, args.spread, generator)
+    print(
+        f"machine: {cpu_model()}, nproc={os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at start, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)"
+    )
+    print(
+        f"gallery {args.size:,} x {args.dim} ({args.clusters} clusters, spread {args.spread}), "
+        f"{args.queries} queries, top-10; generated in {time.perf_counter() - start:.0f} s; medians, times in ms\n"
+    )
+    start = time.perf_counter()
+    _, exact = _search_torch(gallery, queries, 10, None)
+    print(f"exact ground truth for {args.queries} queries: {time.perf_counter() - start:.1f} s\n", flush=True)
+
+    rows, sweeps = [], []
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ann_"))
+    for name in args.indexes:
+        gc.collect()
+        base = rss_mb()
+        if name == "torch":
+            search = lambda q: _search_torch(gallery, q, 10, None)  # noqa: E731
+            one, batch = latency(search, queries, args.repeats)
+            rows.append((name, "-", 0.0, 0.0, 0.0, one, batch, 1.0))
+        elif name == "faiss_flat":
+            start = time.perf_counter()
+            index = faiss.IndexFlatIP(args.dim)
+            index.add(gallery.numpy())
+            build = time.perf_counter() - start
+            search = lambda q: index.search(q.numpy(), 10)  # noqa: E731
+            one, batch = latency(search, queries, args.repeats)
+            found = torch.from_numpy(index.search(queries.numpy(), 10)[1])
+            rows.append((name, "-", build, index.ntotal * args.dim * 4 / 2**20, rss_mb() - base, one, batch, recall_at_k(found, exact)))
+            del index
+        elif name in ("hnsw", "ivf_flat", "ivf_pq"):
+            overrides = {}
+            if name == "hnsw" and args.hnsw_m:
+                overrides["m"] = args.hnsw_m
+            if name == "hnsw" and args.ef_construction:
+                overrides["ef_construction"] = args.ef_construction
+            start = time.perf_counter()
+            ann = AnnIndex.build(gallery, AnnConfig(kind=name, **overrides))
+            build = time.perf_counter() - start
+            path = ann.save(tmp / f"{name}.faiss")
+            disk = path.stat().st_size / 2**20
+            config = ann.config
+            del ann
+            gc.collect()
+            for mmap in (False, True):
+                base = rss_mb()
+                ann = AnnIndex.load(path, mmap=mmap)
+                loaded = rss_mb() - base
+                search = lambda q: ann.search(q, 10, gallery=gallery)  # noqa: E731
+                one, batch = latency(search, queries, args.repeats)
+                found = search(queries)[1]
+                label = f"{name}{' (mmap)' if mmap else ''}"
+                params = (
+                    f"M={config.m}, efC={config.ef_construction}, efSearch={config.ef_search}"
+                    if name == "hnsw"
+                    else f"nlist={config.nlist}, nprobe={config.nprobe}"
+                    + (f", {config.pq_bytes} B x {config.pq_nbits} bit, rerank {config.rerank}x" if name == "ivf_pq" else "")
+                )
+                resident = f"{loaded:.0f} load / {rss_mb() - base:.0f} after search" if mmap else loaded
+                rows.append((label, params, build, disk, resident, one, batch, recall_at_k(found, exact)))
+                if not mmap:
+                    sweep = args.ef_searches if name == "hnsw" else args.nprobes
+                    for value in sweep:
+                        kw = {"ef_search": value} if name == "hnsw" else {"nprobe": value}
+                        s = lambda q: ann.search(q, 10, gallery=gallery, **kw)  # noqa: E731
+                        one_s, _ = latency(s, queries, max(2, args.repeats // 4))
+                        sweeps.append((name, "efSearch" if name == "hnsw" else "nprobe", value, one_s, recall_at_k(s(queries)[1], exact)))
+                del ann, search
+                gc.collect()
+            path.unlink()
+        elif name == "milvus":
+            from hf_sbir.retrieval.vector_db import VectorDBGallery
+
+            index = GalleryIndex(gallery, normalize=False)
+            start = time.perf_counter()
+            db = VectorDBGallery.from_gallery(index, f"{tmp}/milvus.db", collection="bench")
+            build = time.perf_counter() - start
+            del index
+            disk = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file() and "milvus" in str(p)) / 2**20
+            search = lambda q: db.search(q, 10)  # noqa: E731
+            one, batch = latency(search, queries, max(2, args.repeats // 4))
+            found = db.search(queries, 10)[1]
+            rows.append(("milvus-lite", db.describe(), build, disk, rss_mb() - base, one, batch, recall_at_k(found, exact)))
+            db.close()
+        else:
+            raise SystemExit(f"unknown index {name!r}")
+        print(f"done: {name} ({time.perf_counter() - start:.0f} s since its build started)", flush=True)
+
+    print("\n| index | parameters | build (s) | on disk (MiB) | RSS growth (MiB) | 1 query (ms) | 64 queries (ms) | recall@10 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, params, build, disk, ram, one, batch, recall in rows:
+        ram = ram if isinstance(ram, str) else f"{ram:.0f}"
+        print(f"| {name} | {params} | {build:.1f} | {disk:.0f} | {ram} | {one:.2f} | {batch:.1f} | {recall:.3f} |")
+    if sweeps:
+        print("\n| index | parameter | value | 1 query (ms) | recall@10 |")
+        print("|---|---|---:|---:|---:|")
+        for name, param, value, one, recall in sweeps:
+            print(f"| {name} | {param} | {value} | {one:.2f} | {recall:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
