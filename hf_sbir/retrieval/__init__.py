@@ -2,8 +2,8 @@
 
 from .ann import ANN_KINDS, AnnConfig, AnnIndex, recall_at_k
 from .embedding import IMAGE_EXTENSIONS, ImageLoadError, collect_items, embed_images, list_image_files
-from .gallery_dataset import gallery_from_dataset, gallery_to_dataset
 from .evaluation import RetrievalEvaluation, evaluate_retrieval
+from .gallery_dataset import gallery_from_dataset, gallery_to_dataset
 from .index import ANN_MIN_GALLERY, SEARCH_BACKENDS, GalleryIndex, build_gallery_index, choose_backend, search_embeddings
 
 __all__ = [
