@@ -119,3 +119,13 @@ def test_bad_parameters_are_named():
         from hf_sbir.retrieval import search_embeddings
 
         search_embeddings(torch.randn(10, 4), torch.randn(1, 4), backend="ann")
+
+
+def test_loaded_embeddings_are_mapped_copy_on_write(tmp_path):
+    gallery = GalleryIndex(torch.randn(300, 16), [{"id": i} for i in range(300)])
+    gallery.save(tmp_path)
+    mapped, read = GalleryIndex.load(tmp_path), GalleryIndex.load(tmp_path, mmap=False)
+    assert torch.equal(mapped.embeddings, gallery.embeddings) and torch.equal(read.embeddings, gallery.embeddings)
+    assert torch.equal(mapped.search(gallery.embeddings[:4], k=3)[1], read.search(gallery.embeddings[:4], k=3)[1])
+    mapped.embeddings[0] = 0  # stays in this process: the file is untouched
+    assert torch.equal(GalleryIndex.load(tmp_path).embeddings, gallery.embeddings)
