@@ -153,3 +153,19 @@ def test_user_errors_are_one_line_and_exit_2(setup, tmp_path, capsys):
     fails(["build", "--model", model, "--gallery", photos, "--output", str(tmp_path / "half")], "unfinished run with other arguments")
     fails(["search", "--index", str(tmp_path / "idx"), "--sketch", str(tmp_path / "none.png")], "no such file")
     fails(["search", "--index", str(tmp_path / "nope"), "--sketch", str(setup / "sketch.png")], "no gallery index folder")
+
+
+def test_space_gallery_caches_its_approximate_index_once_past_the_threshold(setup, tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO_ROOT / "spaces" / "sketch-an-anchor"))
+    import sketch_search
+
+    monkeypatch.setattr(sketch_search, "ANN_MIN_GALLERY", 5)  # a 10-photo gallery counts as large
+    model, transform = sketch_search.load_model(setup / "model")
+    model_dir = tmp_path / "model"
+    shutil.copytree(setup / "model", model_dir)
+    built = sketch_search.load_or_build_gallery(model, transform, model_dir, setup / "photos")
+    assert built.ann is not None
+    loaded = sketch_search.load_or_build_gallery(model, transform, model_dir, setup / "photos")  # from the cache
+    assert loaded.ann is not None and loaded.ann.kind == built.ann.kind
+    query = built.embeddings[:2]
+    assert torch.equal(loaded.search(query, k=3)[1], built.search(query, k=3)[1])

@@ -25,7 +25,7 @@ from PIL import Image
 
 import hf_sbir  # noqa: F401  (registers the Auto classes)
 from hf_sbir.data.processing import ink_bbox, to_grayscale_ink
-from hf_sbir.retrieval import GalleryIndex, collect_items, embed_images
+from hf_sbir.retrieval import ANN_MIN_GALLERY, GalleryIndex, collect_items, embed_images
 
 DEFAULT_MODEL = "outputs/quickstart/model"
 TRAIN_HINT = "python train.py --config configs/quickstart.yaml"
@@ -216,6 +216,10 @@ def load_or_build_gallery(
             pass  # stale or corrupt cache: rebuild
     paths, metadata = gallery_items(gallery, cache)
     index = build_index(model, transform, paths, metadata, progress)
+    if len(index) >= ANN_MIN_GALLERY:  # search by the approximate index, built once and cached with the gallery
+        if progress is not None:
+            progress(1.0, f"building the approximate index over {len(index)} photos")
+        index.build_ann()
     index.save(cache)
     (cache / "gallery.json").write_text(json.dumps({"gallery": os.fspath(gallery), "model": os.fspath(model_dir)}))
     return index
