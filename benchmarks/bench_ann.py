@@ -70,6 +70,26 @@ def latency(search, queries, repeats: int) -> tuple[float, float]:
     return median_ms(one, repeats * 5), median_ms(lambda: search(queries[:64]), repeats)
 
 
+def _row(name, params, build, disk, ram, one, batch, recall) -> str:
+    ram = ram if isinstance(ram, str) else f"{ram:.0f}"
+    return f"| {name} | {params} | {build:.1f} | {disk:.0f} | {ram} | {one:.2f} | {batch:.1f} | {recall:.3f} |"
+
+
+def _sweep(name, param, value, one, recall) -> str:
+    return f"| {name} | {param} | {value} | {one:.2f} | {recall:.3f} |"
+
+
+class _Printed:
+    """Collects table rows and prints each at once (a long run cut short still reports what it measured)."""
+
+    def __init__(self, fmt):
+        self.fmt, self.lines = fmt, []
+
+    def append(self, row) -> None:
+        self.lines.append(self.fmt(*row))
+        print("row:", self.lines[-1], flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1_000_000)
@@ -113,7 +133,7 @@ def main(argv=None) -> None:
     _, exact = _search_torch(gallery, queries, 10, None)
     print(f"exact ground truth for {args.queries} queries: {time.perf_counter() - start:.1f} s\n", flush=True)
 
-    rows, sweeps = [], []
+    rows, sweeps = _Printed(_row), _Printed(_sweep)
     tmp = Path(tempfile.mkdtemp(prefix="bench_ann_"))
     for name in args.indexes:
         gc.collect()
@@ -192,14 +212,11 @@ def main(argv=None) -> None:
 
     print("\n| index | parameters | build (s) | on disk (MiB) | RSS growth (MiB) | 1 query (ms) | 64 queries (ms) | recall@10 |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, params, build, disk, ram, one, batch, recall in rows:
-        ram = ram if isinstance(ram, str) else f"{ram:.0f}"
-        print(f"| {name} | {params} | {build:.1f} | {disk:.0f} | {ram} | {one:.2f} | {batch:.1f} | {recall:.3f} |")
-    if sweeps:
+    print("\n".join(rows.lines))
+    if sweeps.lines:
         print("\n| index | parameter | value | 1 query (ms) | recall@10 |")
         print("|---|---|---:|---:|---:|")
-        for name, param, value, one, recall in sweeps:
-            print(f"| {name} | {param} | {value} | {one:.2f} | {recall:.3f} |")
+        print("\n".join(sweeps.lines))
 
 
 if __name__ == "__main__":

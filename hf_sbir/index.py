@@ -9,7 +9,7 @@
 ``<output>/.partial/`` at once, so a killed run started again with the same arguments skips the
 finished shards. Under ``torchrun`` / ``accelerate launch`` process ``r`` of ``n`` embeds shards
 ``r, r + n, ...`` on its own device, and process 0 merges every shard into one `GalleryIndex`
-(plus an approximate index with ``--ann``, or by default once the gallery reaches
+(plus an approximate index with ``--ann``, or by default (HNSW) once the gallery reaches
 `ANN_MIN_GALLERY` photos) and removes ``.partial``. ``add`` embeds only photos (by file path, or a
 dataset's ``id`` column) that the index does not hold yet and appends them.
 
@@ -200,7 +200,7 @@ def _model_id(name: str) -> str:
 
 
 def build(args, add: bool = False) -> int:
-    from hf_sbir.retrieval import ANN_MIN_GALLERY, GalleryIndex
+    from hf_sbir.retrieval import ANN_MIN_GALLERY, AnnConfig, GalleryIndex
     from hf_sbir.retrieval.index import INDEX_FILE
 
     state = _distributed_state()
@@ -263,7 +263,7 @@ def build(args, add: bool = False) -> int:
     ann = args.ann
     if ann == "auto":
         ann = (existing.ann.kind if existing is not None and existing.ann is not None else
-               ("ivf_flat" if len(index) >= ANN_MIN_GALLERY else "none"))
+               (AnnConfig().kind if len(index) >= ANN_MIN_GALLERY else "none"))
     if ann != "none":
         print(f"building the approximate index ({ann}) over {len(index)} photos", file=sys.stderr)
         index.build_ann(ann)
@@ -319,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--batch_size", type=int, default=32)
         p.add_argument("--shard_size", type=int, default=1024, help="photos per resumable shard")
         p.add_argument("--ann", default="auto", choices=["auto", "none", "hnsw", "ivf_flat", "ivf_pq"],
-                       help="approximate index to build (auto: ivf_flat from ANN_MIN_GALLERY photos on)")
+                       help="approximate index to build (auto: the default AnnConfig kind, HNSW, from ANN_MIN_GALLERY photos on)")
         p.add_argument("--no_progress", action="store_true")
         if name == "build":
             p.add_argument("--overwrite", action="store_true", help="replace an existing index")

@@ -13,8 +13,9 @@ BENCHMARKS.md), so past a few hundred thousand photos a gallery needs an approxi
   may stay memory-mapped on disk: only the candidate rows are read).
 
 All use inner product on L2-normalised vectors, i.e. cosine similarity, like the exact backends.
-`AnnConfig` holds every build and search parameter; its defaults (see `AnnConfig`) reach
-recall@10 >= 0.95 against exact search on the clustered benchmark set (benchmarks/bench_ann.py).
+`AnnConfig` holds every build and search parameter; the default index (HNSW) reaches recall@10 >= 0.95
+against exact search on the clustered sets of tests/test_index_ann.py and benchmarks/bench_ann.py;
+IVF's recall depends on the data (see `AnnConfig.nprobe` and BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -47,13 +48,17 @@ class AnnConfig:
     """Build and search parameters of an approximate index. ``None`` means "derive from the gallery size".
 
     Args:
-        kind: ``"hnsw"``, ``"ivf_flat"`` or ``"ivf_pq"`` (see the module docstring).
+        kind: ``"hnsw"`` (default), ``"ivf_flat"`` or ``"ivf_pq"`` (see the module docstring). HNSW is
+            the default because it kept recall@10 >= 0.95 where IVF did not: on the 1M spread-cluster
+            benchmark set IVF-Flat reached 0.825 at the default nprobe and 0.89 scanning 12.5 % of the
+            cells, while HNSW held 0.991 at 100k (BENCHMARKS.md); it builds slowest (a one-off the CLI
+            and the Space cache).
         nlist: IVF cells. Default ``2 * sqrt(N)`` (the low end of faiss' 1-16 x sqrt(N) advice: k-means
             training costs ~nlist^2 and took minutes at 1M rows on the 2 shared cores here), at least 1
             and at most N / 39 so that k-means has 39 training points per cell.
-        nprobe: IVF cells scanned per query. Default ``max(16, nlist // 16)``: scanning ~6 % of the
-            gallery kept recall@10 >= 0.95 on the spread-cluster benchmark set, where ``nprobe=8``
-            of 4096 fell to ~0.7 (BENCHMARKS.md).
+        nprobe: IVF cells scanned per query. Default ``max(16, nlist // 16)`` (~6 % of the gallery):
+            recall@10 0.999 on the 100k benchmark set but 0.825 on the harder 1M one (BENCHMARKS.md);
+            measure on your own embeddings (`recall_at_k`) before relying on IVF.
         m: HNSW links per node (faiss ``M``); more = better recall, more RAM (``8 * M`` bytes a vector).
         ef_construction: HNSW candidate list while building; more = better graph, slower build.
         ef_search: HNSW candidate list per query (raised to ``k`` if smaller).
@@ -69,7 +74,7 @@ class AnnConfig:
         seed: sampling and k-means seed (builds are reproducible).
     """
 
-    kind: str = "ivf_flat"
+    kind: str = "hnsw"
     nlist: int | None = None
     nprobe: int | None = None
     m: int = 32
