@@ -36,7 +36,9 @@ class SketchAnAnchorConfig(PretrainedConfig):
         gcn_hidden_size (`int`, *optional*, defaults to 512):
             Units of each GCN layer; the last layer outputs `projection_dim`.
         backbone_gradient_scale (`float`, *optional*, defaults to 0.1):
-            Multiplier of the gradient reaching the backbone's parameters (paper §4.2).
+            The backbone's learning rate relative to the heads' (paper §4.2: "multiply the gradient to the
+            backbone by 0.1"). Applied by the training loop as a separate optimiser group at this fraction of the
+            rate (under Adam a literal gradient multiplier cancels out); 0 freezes the backbone.
         num_anchor_classes (`int`, *optional*, defaults to 0):
             Number of seen classes the anchors were built for (recorded; the GCN works for any number).
         anchor_class_names (`list[str]`, *optional*):

@@ -142,22 +142,7 @@ class SketchAnAnchorModel(SketchAnAnchorPreTrainedModel):
             num_layers=config.gcn_num_layers,
             temperature=config.anchor_similarity_temperature,
         )
-        self._scaled_params: set[int] = set()
         self.post_init()
-
-    # -- gradient scale -------------------------------------------------------------------------
-    def _ensure_backbone_gradient_scale(self) -> None:
-        """Hook every backbone parameter so its gradient is multiplied by `backbone_gradient_scale`.
-
-        Registered lazily (and again if a load replaced the parameter objects), so the hooks always sit
-        on the parameters the optimiser sees."""
-        scale = self.config.backbone_gradient_scale
-        if scale == 1.0:
-            return
-        for param in self.backbone.parameters():
-            if param.requires_grad and id(param) not in self._scaled_params:
-                param.register_hook(lambda grad: grad * self.config.backbone_gradient_scale)
-                self._scaled_params.add(id(param))
 
     # -- forward --------------------------------------------------------------------------------
     def forward(
@@ -179,8 +164,6 @@ class SketchAnAnchorModel(SketchAnAnchorPreTrainedModel):
                 pass (one call through DDP) and the output carries the adapted anchors.
         """
         _check_pixel_values(pixel_values)
-        if torch.is_grad_enabled():
-            self._ensure_backbone_gradient_scale()
         out = self.backbone(pixel_values, extra_tokens=self.rtr_tokens)
         word_state, visual_state = out.extra_token_states[:, 0], out.extra_token_states[:, 1]
         aggregated, weights = self.aggregation(out.extra_token_states)

@@ -172,6 +172,24 @@ class SketchAnAnchorMethod(TrainingMethod):
                 batch["visual_anchors"] = visual
         return batch
 
+    # -- optimisation ----------------------------------------------------------------------------
+    def parameter_groups(self, model):
+        """Heads at the base rate; the backbone in its own group at `backbone_gradient_scale` x that rate.
+
+        The paper (§4.2) multiplies the backbone's gradient by 0.1 "to accelerate learning of the
+        projectors". Adam divides such a constant factor out again (its step is m / sqrt(v)), so the
+        intent, a backbone that moves at a tenth of the heads' pace, is implemented as a learning-rate
+        ratio; the warm-up + cosine schedule multiplies both groups' rates alike."""
+        model = getattr(model, "module", model)
+        scale = float(model.config.backbone_gradient_scale)
+        backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+        in_backbone = {id(p) for p in backbone}
+        heads = [p for p in model.parameters() if p.requires_grad and id(p) not in in_backbone]
+        groups = [{"params": heads, "name": "heads"}]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.args.learning_rate * scale, "name": "backbone"})
+        return groups
+
     @property
     def config(self):
         return self._config
