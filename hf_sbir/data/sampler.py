@@ -61,6 +61,7 @@ class PairedClassBatchSampler:
             raise ValueError("No class has both a sketch and a photo; cannot build paired batches")
         self._sketches = {int(c): np.flatnonzero(sketch_labels == c) for c in self.classes}
         self._photos = {int(c): np.flatnonzero(photo_labels == c) for c in self.classes}
+        requested = classes_per_batch
         if classes_per_batch is None:
             classes_per_batch = min(batch_size, self.classes.size)
         if not 1 <= classes_per_batch <= min(batch_size, self.classes.size):
@@ -70,6 +71,7 @@ class PairedClassBatchSampler:
             )
         self.batch_size = batch_size
         self.classes_per_batch = classes_per_batch
+        self._default_classes_per_batch = requested is None
         self.num_batches = num_batches
         self.seed = int(seed)
         self.step = 0
@@ -79,19 +81,28 @@ class PairedClassBatchSampler:
         """Build from a sketch dataset and a photo dataset (e.g. the two outputs of `split_by_domain`)."""
         return cls(sketches[label_column], photos[label_column], batch_size, **kwargs)
 
-    def batch(self, step: int) -> tuple[list[int], list[int]]:
-        """The batch at position `step` of the sequence (does not move the sampler)."""
+    def batch(self, step: int, batch_size: int | None = None) -> tuple[list[int], list[int]]:
+        """The batch at position `step` of the sequence (does not move the sampler).
+
+        `batch_size` (default: the sampler's) draws a batch of another size from the same (seed, step): the
+        training loop draws the *global* batch (batch_size x processes x accumulation steps) and gives each
+        process its share, so the data of a run does not depend on how many processes share it. With the
+        default `classes_per_batch`, that size also sets the number of classes (min(size, classes))."""
+        size = self.batch_size if batch_size is None else int(batch_size)
+        if size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {size}")
+        per_batch = min(size, self.classes.size) if self._default_classes_per_batch else min(self.classes_per_batch, size)
         rng = np.random.default_rng([self.seed, step])
-        chosen = rng.choice(self.classes, size=self.classes_per_batch, replace=False)
-        # Share batch_size positions among the chosen classes as evenly as possible.
-        counts = np.full(self.classes_per_batch, self.batch_size // self.classes_per_batch)
-        counts[: self.batch_size % self.classes_per_batch] += 1
+        chosen = rng.choice(self.classes, size=per_batch, replace=False)
+        # Share the positions among the chosen classes as evenly as possible.
+        counts = np.full(per_batch, size // per_batch)
+        counts[: size % per_batch] += 1
         sketch_idx, photo_idx = [], []
         for c, n in zip(chosen, counts):
             for pool, out in ((self._sketches[int(c)], sketch_idx), (self._photos[int(c)], photo_idx)):
                 out.extend(int(i) for i in rng.choice(pool, size=n, replace=n > pool.size))
         # Mix positions so that classes do not come in blocks; the same permutation keeps pairs aligned.
-        order = rng.permutation(self.batch_size)
+        order = rng.permutation(size)
         return [sketch_idx[i] for i in order], [photo_idx[i] for i in order]
 
     def __iter__(self) -> Iterator[tuple[list[int], list[int]]]:

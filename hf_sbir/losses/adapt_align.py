@@ -14,6 +14,10 @@ f_i is the projected image/sketch embedding, t_c the text embedding of seen clas
 encoder with a prompt template, or the packaged MiniLM offline), g the backbone's pooled feature of
 the adapted model (student) and of the frozen pre-trained copy (teacher), d a distance that is 0 when
 the two agree (1 - cosine by default, or the squared error).
+
+Data parallelism: every term is a mean of per-sample terms (items are compared with the class text
+embeddings, never with each other), so no gathering is needed: the mean over ranks of equal-sized local
+means is the global mean, and DDP's gradient average gives the one-process gradient exactly.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ d is the Euclidean distance; every triplet term is averaged over the batch. For 
 structurally augmented view of the photo p and p- another photo; for (3) s+ is another sketch of the
 same photo and s- a sketch of another photo.
 
+Data parallelism: the triplet terms (1)-(3) have explicitly drawn negatives, so each is a mean of per-sample
+terms and stays on the local slice (DDP's gradient average makes N ranks exact); L_KD compares every sample
+with the others of its batch, so it gathers the global batch (`hf_sbir.losses.distributed`).
+
 Knowledge distillation (L_KD). The poster only says "nearest-neighbour pairwise distance based
 distillation"; the abstract: "distil the contextual similarity present amongst the instances in the
 teacher's embedding space to that in the student's embedding space, by matching the distribution over
@@ -30,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from hf_sbir.losses.distributed import gather_no_grad, gather_with_grad
 
 
 def euclidean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -97,6 +103,7 @@ def contextual_distillation_loss(
     teacher: torch.Tensor,
     temperature: float,
     num_neighbours: int | None = None,
+    gather: bool = True,
 ) -> torch.Tensor:
     """L_KD (see the module docstring): mean_i KL(P^T_i || P^S_i), with P_i(j) = softmax_j(-d(f_i, f_j) / tau) over
     the neighbours j != i of sample i (its `num_neighbours` nearest in teacher space, or all).
@@ -106,10 +113,14 @@ def contextual_distillation_loss(
         teacher: (N, D_t) teacher embeddings of the same samples (detached here).
         temperature: tau.
         num_neighbours: k, or None for every other sample of the batch.
+        gather: under data parallelism (torch.distributed initialised), the neighbours are those of the *global*
+            batch: every rank's rows are gathered first (the student's with gradient; `hf_sbir.losses.distributed`).
     Returns: scalar; 0 for a batch of fewer than 2 samples.
     """
     if student.shape[0] != teacher.shape[0]:
         raise ValueError(f"student and teacher need the same samples; got {student.shape[0]} and {teacher.shape[0]} rows.")
+    if gather:
+        student, teacher = gather_with_grad(student), gather_no_grad(teacher.detach())
     if student.shape[0] < 2:
         return student.sum() * 0.0
     teacher_distances = pairwise_distances(teacher.detach().to(student.dtype))

@@ -17,9 +17,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hf_sbir.losses.distributed import gather_with_grad
+
 
 def contrastive_cross_entropy(
-    embeds_a: torch.Tensor, embeds_b: torch.Tensor, temperature: float, symmetric: bool = True
+    embeds_a: torch.Tensor, embeds_b: torch.Tensor, temperature: float, symmetric: bool = True, gather: bool = True
 ) -> torch.Tensor:
     """Contrastive cross-entropy between two styles of the same views.
 
@@ -28,10 +30,14 @@ def contrastive_cross_entropy(
         embeds_b: (N, D) features of the same N views drawn in style B; row i of both is the same view.
         temperature: tau.
         symmetric: average the A->B and B->A cross-entropies (default); False gives A->B only.
+        gather: under data parallelism (torch.distributed initialised), first gather every rank's rows with
+            gradient, so the other views of the *global* batch are the negatives (`hf_sbir.losses.distributed`).
     Returns: scalar loss.
     """
     if embeds_a.shape != embeds_b.shape or embeds_a.dim() != 2:
         raise ValueError(f"embeds_a and embeds_b must both be (N, D); got {tuple(embeds_a.shape)} and {tuple(embeds_b.shape)}.")
+    if gather:
+        embeds_a, embeds_b = gather_with_grad(embeds_a), gather_with_grad(embeds_b)
     logits = F.normalize(embeds_a, dim=-1) @ F.normalize(embeds_b, dim=-1).T / temperature
     targets = torch.arange(logits.shape[0], device=logits.device)
     loss = F.cross_entropy(logits, targets)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hf_sbir.losses.distributed import gather_no_grad, gather_with_grad
+
 
 def info_nce_loss(sketch_embeds: torch.Tensor, photo_embeds: torch.Tensor, temperature: float) -> torch.Tensor:
     """Eq. 1, L_NCE^base: sketch i's positive is photo i (same class), every other photo is a negative.
@@ -106,8 +108,14 @@ def sketch_an_anchor_loss(
     anchor_sims: dict[str, torch.Tensor],
     temperature: float,
     anchor_temperature: float,
+    gather: bool = True,
 ) -> SketchAnAnchorLosses:
     """Equal-weighted total: L_NCE^base + the 4 variants of L_anc^sem + the 2 variants of L_anc^sample.
+
+    Under data parallelism (`gather=True` and torch.distributed initialised) the in-batch terms, eq. 1 and
+    eq. 4, see the global batch: every rank's sketch and photo representations (with gradient) and labels
+    are gathered first (`hf_sbir.losses.distributed`). Eq. 3 compares each item with the anchors only, a
+    per-sample mean, so it stays on the local slice (DDP's gradient average makes that exact).
 
     Args:
         sketch_out, photo_out: `SketchAnAnchorOutput`s of the paired sketch and photo batches.
@@ -116,7 +124,9 @@ def sketch_an_anchor_loss(
             (empty = the InfoNCE-only baseline).
         anchor_sims: {"word": (C, C), "visual": (C, C)} from eq. 2, same keys.
     """
-    nce = info_nce_loss(sketch_out.embeddings, photo_out.embeddings, temperature)
+    everywhere = gather_with_grad if gather else (lambda t: t)
+    global_labels = gather_no_grad(labels) if gather else labels
+    nce = info_nce_loss(everywhere(sketch_out.embeddings), everywhere(photo_out.embeddings), temperature)
     semantic, sample = {}, {}
     for kind, anchors in adapted_anchors.items():
         sim = anchor_sims[kind]
@@ -126,7 +136,8 @@ def sketch_an_anchor_loss(
                 getattr(out, field), labels, anchors, sim, temperature, anchor_temperature
             )
         sample[kind] = anchored_sample_loss(
-            getattr(sketch_out, field), getattr(photo_out, field), labels, sim, temperature, anchor_temperature
+            everywhere(getattr(sketch_out, field)), everywhere(getattr(photo_out, field)), global_labels, sim,
+            temperature, anchor_temperature,
         )
     total = nce + sum(semantic.values(), torch.zeros_like(nce)) + sum(sample.values(), torch.zeros_like(nce))
     return SketchAnAnchorLosses(total=total, nce=nce, semantic=semantic, sample=sample)

@@ -106,6 +106,7 @@ class TrainConfig:
     max_grad_norm: Optional[Float] = _setting(None, "clip the gradient norm to this value (> 0), or null for no clipping", gt=0)
     gradient_accumulation_steps: Int = _setting(1, "micro-batches per optimiser step", ge=1)
     mixed_precision: Literal[MIXED_PRECISION] = _setting("no", "mixed precision (accelerate)", choices=MIXED_PRECISION)  # type: ignore[valid-type]
+    num_workers: Int = _setting(2, "DataLoader processes that decode + transform batches in the background (0: in the loop)", ge=0)
     seed: Int = _setting(0, "seed of the data order, augmentation and initialisation (integer >= 0)", ge=0)
     # Images.
     image_size: Int = _setting(224, f"square input size in pixels (>= {MIN_IMAGE_SIZE}: the backbones downsample 32x)", ge=MIN_IMAGE_SIZE)

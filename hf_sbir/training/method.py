@@ -10,9 +10,17 @@ zero-shot split (fine-grained pairs, procedural shapes) also override `load_data
 Settings: a method declares its `method_args` as one `MethodSettings` model (`settings_class`); the loop
 calls `check()` before any work, so a wrong setting is refused in one line before anything is written.
 
-Resumability rule: `next_batch(step)` must depend only on (seed, step) and on state returned by
-`state_dict()`, so that a run stopped after step t and resumed gives the same batches as one that
-never stopped.
+Batches (data parallelism, background loading). A method describes the *global* batch of step t with
+`batch_plan(t, size)`: a cheap list of what each item is made of (dataset rows, augmentation seeds), a
+pure function of (seed, t, size). The loop (`hf_sbir.training.data_pipeline`) draws the plan for
+`batch_size x processes x accumulation steps` items, gives each process and micro-step an equal share,
+and has `make_batch(t, share)` decode and transform that share in DataLoader worker processes. So a
+run's data depends only on (seed, t), never on the number of processes, resume is exact, and N
+processes x batch b see the same items as 1 process x batch N*b.
+
+Resumability rule: `batch_plan` and `make_batch` must depend only on (seed, step) and on the data
+loaded in `setup` (never on global random state or on anything training changes), so that a run
+stopped after step t and resumed gives the same batches as one that never stopped.
 """
 
 from __future__ import annotations
@@ -102,9 +110,21 @@ class TrainingMethod:
         `train` split holds seen classes only — the leak guard has already run on it). Precompute what the
         method needs (anchors, teacher features); cache in `args.output_dir` if slow."""
 
-    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
-        """The CPU batch of training step `step` (0-based)."""
+    def batch_plan(self, step: int, size: int) -> list | dict[str, list]:
+        """What the global batch of step `step` (0-based) with `size` items is made of: a list with one entry per
+        item (row indices, augmentation seeds; no decoding), or a dict of such lists whose lengths are multiples
+        of `size`'s shares (e.g. extra unlabelled images). Shares are contiguous slices, one per process and
+        micro-step (`hf_sbir.training.data_pipeline.share_of_plan`)."""
         raise NotImplementedError
+
+    def make_batch(self, step: int, plan) -> dict[str, torch.Tensor]:
+        """The CPU tensors of `plan` (a share of `batch_plan(step, ...)`). Runs in DataLoader worker processes:
+        it may only read what `setup` prepared."""
+        raise NotImplementedError
+
+    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
+        """The batch of step `step` for one process without accumulation (`args.batch_size` items)."""
+        return self.make_batch(step, self.batch_plan(step, self.args.batch_size))
 
     # -- optimisation ----------------------------------------------------------------------------
     def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:

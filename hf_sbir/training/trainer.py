@@ -5,6 +5,20 @@ accelerate handles devices, mixed precision, gradient accumulation and DDP; chec
 iteration reached, the method's extra state), so `resume=True` continues where a stopped run left
 off and ends with the same weights as a run that never stopped. How checkpoints and the exported
 folder are kept safe from kills, corruption and changed settings is `hf_sbir.training.checkpointing`.
+
+Data parallelism (`torchrun` / `accelerate launch` with N processes): `batch_size` is per process; each
+process trains on its share of the global batch of the step (`hf_sbir.training.data_pipeline`), and the
+losses with in-batch negatives gather the embeddings of every process (`hf_sbir.losses.distributed`), so
+N processes x batch b train the same model as 1 process x batch N*b, up to float rounding. The
+learning-rate schedule counts optimiser steps, whatever N. Only the main process evaluates, exports,
+writes the model card and pushes.
+
+Gradient accumulation over k micro-steps of b items: the k micro-batches are the k shares of the step's
+global batch of k*b items, and their losses are averaged (accelerate divides each by k). For losses that
+are means of per-sample terms (Adapt-and-Align; FG-SBIR without distillation) that is exactly the gradient
+of one un-accumulated step of k*b. Losses with in-batch negatives (InfoNCE, the anchored sample loss, the
+shape-views contrastive loss, FG-SBIR's L_KD) see each micro-batch's b items as the batch (as every
+accumulation without a gradient cache does), so they match the k*b run in data, not in value.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ from hf_sbir.training.checkpointing import (  # noqa: F401  (CHECKPOINT_PREFIX, 
     save_checkpoint,
 )
 from hf_sbir.training.config import ConfigError, TrainConfig
+from hf_sbir.training.data_pipeline import training_batches
 from hf_sbir.training.method import load_zero_shot_data
 from hf_sbir.training.methods import get_method_class
 
@@ -137,6 +152,9 @@ def train(args: TrainConfig) -> TrainResult:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=_make_trackers(args, output_dir / "logs"),
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        # The loop steps the scheduler once per optimiser step itself; accelerate's default would step it
+        # num_processes times per step, running the warm-up + cosine schedule N times too fast.
+        step_scheduler_with_optimizer=False,
     )
     set_seed(args.seed)
 
@@ -175,14 +193,19 @@ def train(args: TrainConfig) -> TrainResult:
     bar = tqdm(total=args.iterations, initial=start, desc="train", disable=not (args.progress and accelerator.is_main_process))
     t0 = time.perf_counter()
     model.train()
-    for iteration in range(start, end):
-        logs: dict[str, float] = {}
-        for micro in range(args.gradient_accumulation_steps):
-            batch = method.next_batch(iteration * args.gradient_accumulation_steps + micro)
-            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batches = training_batches(
+        method, start, end, args.batch_size, accumulation=args.gradient_accumulation_steps,
+        num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+        num_workers=args.num_workers, pin_memory=accelerator.device.type == "cuda",
+    )
+    for iteration, micro_batches in batches:
+        micro_logs: list[dict[str, float]] = []
+        for batch in micro_batches:
+            batch = {k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             with accelerator.accumulate(model):
-                loss, logs = method.training_step(model, batch, iteration)
-                if not torch.isfinite(loss):
+                loss, step_logs = method.training_step(model, batch, iteration)
+                step_logs = _mean_over_processes(accelerator, step_logs)
+                if not math.isfinite(step_logs.get("loss", 0.0)) or not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"Loss became {loss.item()} at iteration {iteration}; lower the learning rate or check the data. "
                         f"Nothing was saved for it; {describe_last_good(output_dir)}."
@@ -191,10 +214,13 @@ def train(args: TrainConfig) -> TrainResult:
                 if args.max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad()
+            micro_logs.append(step_logs)
+        if not optimizer.step_was_skipped:  # fp16 overflow: accelerate skips the step, the schedule waits too
+            scheduler.step()
         method.after_optimizer_step(model, iteration)
-        logs = {**logs, "lr": scheduler.get_last_lr()[0]}
+        logs = {k: sum(m[k] for m in micro_logs) / len(micro_logs) for k in micro_logs[0]}
+        logs["lr"] = scheduler.get_last_lr()[0]
         history.append(logs)
         if (iteration + 1) % args.log_every == 0:
             accelerator.log(logs, step=iteration + 1)
@@ -231,7 +257,7 @@ def train(args: TrainConfig) -> TrainResult:
 # recognised, and what it is compared with.
 RUN_SETTINGS_FILE = "train_config.json"
 # Settings that do not change what a run computes.
-_BOOKKEEPING = ("resume", "stop_after", "progress", "output_dir")
+_BOOKKEEPING = ("resume", "stop_after", "progress", "output_dir", "num_workers")
 
 
 @contextlib.contextmanager
@@ -285,6 +311,17 @@ def _previous_run(args: TrainConfig) -> TrainResult | None:
         f"{output_dir} already holds {what}. Continue it with --resume true, or pass a new --output_dir "
         f"(or delete {output_dir}) to start over; nothing was changed."
     )
+
+
+def _mean_over_processes(accelerator: Accelerator, logs: dict[str, float]) -> dict[str, float]:
+    """The logged floats averaged over processes: terms computed on a process's share (per-sample means,
+    accuracies) become the global batch's value, as one process would log it; gathered terms are already equal."""
+    if accelerator.num_processes == 1 or not logs:
+        return logs
+    keys = sorted(logs)
+    values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    values = accelerator.reduce(values, reduction="mean")
+    return dict(zip(keys, values.tolist()))
 
 
 def export_model(model, transform, args: TrainConfig, result: TrainResult, card_info: dict | None = None) -> Path:

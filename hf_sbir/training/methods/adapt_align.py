@@ -205,9 +205,13 @@ class AdaptAlignMethod(TrainingMethod):
             self.sketches["label"], self.photos["label"], self._arg("batch_size"), seed=self._arg("seed", 0)
         )
 
-    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
-        """Sketches and photos of step `step`, class-aligned by position; a pure function of (seed, step)."""
-        sketch_idx, photo_idx = self.sampler.batch(step)
+    def batch_plan(self, step: int, size: int) -> list[tuple[int, int]]:
+        """(sketch row, photo row) pairs of the global batch of `step`, class-aligned by position; a pure function
+        of (seed, step, size)."""
+        return list(zip(*self.sampler.batch(step, size)))
+
+    def make_batch(self, step: int, plan) -> dict[str, torch.Tensor]:
+        sketch_idx, photo_idx = (list(rows) for rows in zip(*plan))
         sketches, photos = self.sketches[sketch_idx], self.photos[photo_idx]
         return {
             "sketch_pixel_values": self.transform.batch(sketches["image"], ["sketch"] * len(sketch_idx)),

@@ -413,12 +413,13 @@ class FGSBIRMethod(TrainingMethod):
         teacher.eval().requires_grad_(False)
         return teacher.to(accelerator.device)
 
-    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
+    def batch_plan(self, step: int, size: int) -> dict[str, list]:
+        """The global batch of `step`: `size` training pairs (at most one per photo), each with its sketch, another
+        sketch of the same photo, a negative pair's sketch and photo and a seed for the structural augmentation;
+        plus, with distillation, unlabelled photo rows (`unlabelled_per_step` per `batch_size` items)."""
         rng = random.Random(f"fg_sbir:{self.args.seed}:{step}")
-        size = min(self.args.batch_size, len(self.pairs))
-        anchors = rng.sample(self.pairs, size)
-        rows = {k: [] for k in ("sketch", "sketch_positive", "sketch_negative", "photo", "photo_negative")}
-        seeds = []
+        anchors = rng.sample(self.pairs, min(size, len(self.pairs)))
+        items = []
         for pair in anchors:
             own = self.sketches_of[pair]
             sketch = rng.choice(own)
@@ -426,25 +427,30 @@ class FGSBIRMethod(TrainingMethod):
             negative = self.pairs[rng.randrange(len(self.pairs) - 1)]
             if negative == pair:  # draw uniformly among the other pairs
                 negative = self.pairs[-1]
-            rows["sketch"].append(sketch)
-            rows["sketch_positive"].append(rng.choice(others) if others else sketch)
-            rows["sketch_negative"].append(rng.choice(self.sketches_of[negative]))
-            rows["photo"].append(self.photo_of[pair])
-            rows["photo_negative"].append(self.photo_of[negative])
-            seeds.append(rng.getrandbits(64))
-        sketch_images = {k: self.sketches.select(rows[k])["image"] for k in ("sketch", "sketch_positive", "sketch_negative")}
-        photos = self.photos.select(rows["photo"])["image"]
+            positive = rng.choice(others) if others else sketch
+            items.append((sketch, positive, rng.choice(self.sketches_of[negative]), self.photo_of[pair], self.photo_of[negative], rng.getrandbits(64)))
+        plan = {"pairs": items, "unlabelled": []}
+        if self.teacher is not None:
+            per_step = int(self.method_args.get("unlabelled_per_step", self.args.batch_size))
+            count = min(per_step * size // self.args.batch_size, len(self.unlabelled))
+            if count >= 2:
+                plan["unlabelled"] = rng.sample(range(len(self.unlabelled)), count)
+        return plan
+
+    def make_batch(self, step: int, plan) -> dict[str, torch.Tensor]:
+        items = plan["pairs"]
+        size = len(items)
+        sketch_rows, positive_rows, negative_rows, photo_rows, photo_negative_rows, seeds = (list(c) for c in zip(*items))
+        rows = {"sketch": sketch_rows, "sketch_positive": positive_rows, "sketch_negative": negative_rows}
+        batch = {k: self.transform.batch(list(self.sketches.select(v)["image"]), ["sketch"] * size) for k, v in rows.items()}
+        photos = self.photos.select(photo_rows)["image"]
         augmented = [structural_augment(img, random.Random(s)) for img, s in zip(photos, seeds)]
-        batch = {k: self.transform.batch(list(v), ["sketch"] * size) for k, v in sketch_images.items()}
         batch["photo"] = self.transform.batch(list(photos), ["photo"] * size)
         batch["photo_augmented"] = self.transform.batch(augmented, ["photo"] * size)
-        batch["photo_negative"] = self.transform.batch(list(self.photos.select(rows["photo_negative"])["image"]), ["photo"] * size)
-        if self.teacher is not None:
-            count = int(self.method_args.get("unlabelled_per_step", self.args.batch_size))
-            count = min(count, len(self.unlabelled))
-            if count >= 2:
-                images = self.unlabelled.select(rng.sample(range(len(self.unlabelled)), count))["image"]
-                batch["unlabelled"] = self.transform.batch(list(images), ["photo"] * count)
+        batch["photo_negative"] = self.transform.batch(list(self.photos.select(photo_negative_rows)["image"]), ["photo"] * size)
+        if len(plan["unlabelled"]) >= 2:
+            images = self.unlabelled.select(plan["unlabelled"])["image"]
+            batch["unlabelled"] = self.transform.batch(list(images), ["photo"] * len(images))
         return batch
 
     # -- optimisation ----------------------------------------------------------------------------

@@ -262,25 +262,39 @@ class ShapeViewsMethod(TrainingMethod):
         width = int(rng.integers(0, int(s["stroke_jitter"]) + 1)) + self.transform.sketch_stroke_width
         return thicken_strokes(drawing, width).convert("RGB")
 
-    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
+    def batch_plan(self, step: int, size: int) -> list[tuple[int, int, int, bool, int]]:
+        """`size` distinct training views of `step`, each with its two drawing seeds, the pair's mirror flip and
+        the seed of its augmentations; a pure function of (seed, step, size)."""
         if self.train_views is None:
-            raise RuntimeError("Call setup() before next_batch().")
-        s = self.settings
+            raise RuntimeError("Call setup() before drawing batches.")
+        if size > len(self.train_views):
+            raise ValueError(
+                f"The global batch ({size} views: batch_size x processes x accumulation steps) exceeds the "
+                f"{len(self.train_views)} training views; a batch holds distinct views (the others are its negatives)."
+            )
         rng = np.random.default_rng([int(self.args.seed), int(step)])
-        idx = rng.choice(len(self.train_views), size=self.args.batch_size, replace=False)
+        idx = rng.choice(len(self.train_views), size=size, replace=False)
+        plan = []
+        for view_index in idx:
+            seed_a, seed_b, augment_seed = (int(x) for x in rng.integers(0, 2**31 - 1, size=3))
+            flip = bool(self.settings["flip"]) and bool(rng.random() < 0.5)
+            plan.append((int(view_index), seed_a, seed_b, flip, augment_seed))
+        return plan
+
+    def make_batch(self, step: int, plan) -> dict[str, torch.Tensor]:
+        s = self.settings
         images_a, images_b = [], []
-        for i, view_index in enumerate(idx):
-            view = self.train_views[int(view_index)]
-            seed_a, seed_b = (int(x) for x in rng.integers(0, 2**31 - 1, size=2))
-            flip = bool(s["flip"]) and bool(rng.random() < 0.5)
-            key = int(view_index)
-            images_a.append(self._augment(self._drawing(view, s["styles"][0], seed_a, key), rng, flip))
-            images_b.append(self._augment(self._drawing(view, s["styles"][1], seed_b, key), rng, flip))
+        for view_index, seed_a, seed_b, flip, augment_seed in plan:
+            view = self.train_views[view_index]
+            # Each item has its own augmentation stream, so a share of the batch is drawn alike on any process.
+            rng = np.random.default_rng(augment_seed)
+            images_a.append(self._augment(self._drawing(view, s["styles"][0], seed_a, view_index), rng, flip))
+            images_b.append(self._augment(self._drawing(view, s["styles"][1], seed_b, view_index), rng, flip))
         processor = self.transform.image_processor
         return {
             "style_a_pixel_values": processor(images=images_a, return_tensors="pt")["pixel_values"].float(),
             "style_b_pixel_values": processor(images=images_b, return_tensors="pt")["pixel_values"].float(),
-            "view_index": torch.as_tensor(idx, dtype=torch.long),
+            "view_index": torch.as_tensor([item[0] for item in plan], dtype=torch.long),
         }
 
     # -- optimisation ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ contrastive_temperature, anchor_similarity_temperature, projection_dim, gcn_hidd
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -108,7 +109,6 @@ class SketchAnAnchorMethod(TrainingMethod):
 
     # -- data ------------------------------------------------------------------------------------
     def setup(self, model, data, transform, accelerator) -> None:
-        from hf_sbir.anchors.semantic_anchors import SemanticAnchors, build_semantic_anchors
         from hf_sbir.data import PairedClassBatchSampler, split_by_domain
 
         self.transform = transform
@@ -125,6 +125,17 @@ class SketchAnAnchorMethod(TrainingMethod):
         cfg.num_anchor_classes = len(self.class_names)
 
         cache = Path(self.args.output_dir) / "anchors"
+        # Data parallelism: the main process builds and caches the anchors, the others then load its files
+        # (one computation, and bitwise the same anchors on every process).
+        first = getattr(accelerator, "main_process_first", None)
+        with first() if first is not None else contextlib.nullcontext():
+            self._load_or_build_anchors(model, transform, cache, label_names, accelerator)
+        self.sampler = PairedClassBatchSampler(self.sketches["label"], self.photos["label"], self.args.batch_size, seed=self.args.seed)
+
+    def _load_or_build_anchors(self, model, transform, cache, label_names, accelerator) -> None:
+        from hf_sbir.anchors.semantic_anchors import SemanticAnchors, build_semantic_anchors
+
+        cfg = self._config
         use_word, use_visual = cfg.use_word_anchors, cfg.use_visual_anchors
         self.anchors = None
         if (cache / "anchors.json").is_file():
@@ -144,10 +155,13 @@ class SketchAnAnchorMethod(TrainingMethod):
             )
             if accelerator.is_main_process:
                 self.anchors.save(cache)
-        self.sampler = PairedClassBatchSampler(self.sketches["label"], self.photos["label"], self.args.batch_size, seed=self.args.seed)
 
-    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
-        sketch_idx, photo_idx = self.sampler.batch(step)
+    def batch_plan(self, step: int, size: int) -> list[tuple[int, int]]:
+        """(sketch row, photo row) pairs of the global batch of `step`, class-aligned (`PairedClassBatchSampler`)."""
+        return list(zip(*self.sampler.batch(step, size)))
+
+    def make_batch(self, step: int, plan) -> dict[str, torch.Tensor]:
+        sketch_idx, photo_idx = (list(rows) for rows in zip(*plan))
         sketches, photos = self.sketches[sketch_idx], self.photos[photo_idx]
         batch = {
             "sketch_pixel_values": self.transform.batch(sketches["image"], ["sketch"] * len(sketch_idx)),
@@ -156,7 +170,8 @@ class SketchAnAnchorMethod(TrainingMethod):
         }
         if self.anchors is not None:
             cfg = self.config
-            # Anchor randomisation (§3.5) drawn from (seed, step) so a resumed run draws the same.
+            # Anchor randomisation (§3.5) drawn from (seed, step): a resumed run draws the same, and so does
+            # every process of a data-parallel run (the anchors are shared, only the items are split).
             generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step)
             word, visual = self.anchors.sample(
                 generator,
