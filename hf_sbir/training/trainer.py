@@ -148,6 +148,7 @@ def train(args: TrainConfig) -> TrainResult:
         logger.warning("resume=True but no checkpoint in %s: starting from scratch.", output_dir / "checkpoints")
     resume_plan = plan_resume(output_dir, args) if checkpoints else []  # before any work: intact, same settings
     accelerator = Accelerator(
+        cpu=_cpu_only_machine(),
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=_make_trackers(args, output_dir / "logs"),
@@ -311,6 +312,14 @@ def _previous_run(args: TrainConfig) -> TrainResult | None:
         f"{output_dir} already holds {what}. Continue it with --resume true, or pass a new --output_dir "
         f"(or delete {output_dir}) to start over; nothing was changed."
     )
+
+
+def _cpu_only_machine() -> bool:
+    """True where torch sees no accelerator (GPU, XPU, MPS ...). accelerate only forms a multi-process CPU (gloo)
+    group under `torchrun` / `accelerate launch` when told `cpu=True`; without it every process would train
+    alone, as if it were the main one."""
+    probe = getattr(torch, "accelerator", None)
+    return not (probe.is_available() if probe is not None else torch.cuda.is_available())
 
 
 def _mean_over_processes(accelerator: Accelerator, logs: dict[str, float]) -> dict[str, float]:
