@@ -1,19 +1,27 @@
-"""Training speed (iterations/s, images/s) and peak memory of `train.py` configs, by default the
-Quickstart (`configs/quickstart.yaml`: Sketch-an-Anchor, packaged EfficientNet-Lite0 hybrid, embedded
-data, batch 16 sketches + 16 photos, 128 px) on the CPU.
+"""Training throughput, split into its parts: is the model waiting for data?
 
-Each config runs in its own subprocess (so peak memory is per config) through the real trainer
-(`hf_sbir.training.trainer.train`) for ``--iterations`` steps into a temporary output folder, with
-``eval_before`` off and no final evaluation / export (``stop_after``). Only the iteration loop is
-timed, from the per-step ``time`` stamps of ``<output_dir>/logs/metrics.jsonl``: data loading inside
-the loop (image decoding, sketch/photo transforms, class-paired sampling) counts, while set-up (data
-generation, model and anchor building) and the first ``--warmup`` iterations do not. images/s counts
-every image a step encodes (sketches + photos: 2 x batch for Sketch-an-Anchor). Peak RSS is the
-subprocess's ``ru_maxrss`` (set-up included); with CUDA, ``torch.cuda.max_memory_allocated`` too.
+For each config, three measurements on the same set-up (method, data, model, anchors):
 
-    python benchmarks/bench_train.py                                   # Quickstart, 30 iterations
-    python benchmarks/bench_train.py --iterations 100 --config configs/quickstart.yaml --config my.yaml
-    python benchmarks/bench_train.py --iterations 3 --warmup 1 --set image_size=224
+    data   the batch pipeline alone (`hf_sbir.training.data_pipeline`: decode + transform in `num_workers`
+           DataLoader workers), images/s over `--iterations` steps;
+    model  the training step alone on one ready batch (forward, loss, backward, Adam step), images/s;
+    loop   the real training loop (`hf_sbir.training.trainer.train`, `stop_after`), images/s from the per-step
+           time stamps of `logs/metrics.jsonl`, and the share of its time spent waiting for data (the loop logs
+           `data_wait_s` every step).
+
+With background loading the loop should run at about min(data, model): on the CPU the target is >= 90%.
+images count every image a step encodes (sketches + photos: 2 x batch for Sketch-an-Anchor). The first
+`--warmup` steps of each measurement are not timed.
+
+Configs: train.py config files (`--config`), and named shapes (`--shape`):
+    quickstart   configs/quickstart.yaml (packaged EfficientNet-Lite0 hybrid, batch 16, 128 px)
+    paper        the paper's shape: ViT-S/8 (12 layers, hidden 384, patch 8), 224 px, batch 16, random init
+                 (no ViT weights offline; speed does not depend on the weights), MiniLM word anchors
+    tiny         a 2-layer hidden-32 ViT at 32 px (seconds; a smoke test of this script)
+
+    python benchmarks/bench_train.py                                   # quickstart + paper shape on the CPU
+    python benchmarks/bench_train.py --shape paper --device cuda --iterations 50 --set mixed_precision=bf16
+    python benchmarks/bench_train.py --config my.yaml --set num_workers=4
 """
 
 from __future__ import annotations
@@ -21,31 +29,44 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-import yaml
-
-from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULT_MARKER = "BENCH_TRAIN_RESULT "
+SHAPES = {
+    "quickstart": {"config": str(REPO_ROOT / "configs" / "quickstart.yaml")},
+    "paper": {
+        "method": "sketch_an_anchor",
+        "dataset": "embedded",
+        "split": "embedded",
+        "text_embedder": "minilm",
+        "backbone_config": {
+            "model_type": "vit", "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
+            "intermediate_size": 1536, "patch_size": 8, "image_size": 224, "qkv_bias": True,
+        },
+        "image_size": 224,
+        "batch_size": 16,
+    },
+    "tiny": {
+        "method": "sketch_an_anchor",
+        "dataset": "embedded",
+        "split": "embedded",
+        "text_embedder": "minilm",
+        "backbone_config": {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "intermediate_size": 64, "patch_size": 8, "image_size": 32},
+        "model_config": {"projection_dim": 16, "gcn_hidden_size": 16, "gcn_num_layers": 2},
+        "method_args": {"num_neighbours": 3},
+        "image_size": 32,
+        "batch_size": 6,
+    },
+}
 
 
-def _rss_mib() -> float | None:
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return psutil.Process().memory_info().rss / 2**20
+def _parse_set(items):
+    import yaml
 
-
-def _parse_set(items: list[str]) -> dict:
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -61,164 +82,140 @@ def _parse_set(items: list[str]) -> dict:
     return overrides
 
 
-# ------------------------------------------------------------------------------------- worker
-def run_one(config_path: str, iterations: int, warmup: int, overrides: dict, output_dir: str) -> dict:
-    """Train ``config_path`` for ``iterations`` steps in this process; returns the measurements."""
-    from hf_sbir.training import trainer
+def _config(name_or_path: str, overrides: dict, output_dir: Path):
     from hf_sbir.training.config import TrainConfig
 
-    base = TrainConfig.from_file(config_path, **overrides)
-    total = max(base.iterations, iterations + 1)  # > iterations: stop_after ends the run before the final eval/export
-    args = TrainConfig.from_file(
-        config_path,
-        **{
-            **overrides,
-            "iterations": total,
-            "stop_after": iterations,
-            "eval_before": False,
-            "output_dir": output_dir,
-            "checkpoint_every": total,  # only the one checkpoint after the last step (outside the timed loop)
-            "keep_checkpoints": 1,
-            "log_with": "jsonl",
-            "log_every": 1,
-            "progress": False,
-            "resume": False,
-        },
-    )
+    bookkeeping = {"output_dir": str(output_dir), "eval_before": False, "progress": False, "log_with": "jsonl", "log_every": 1, "resume": False}
+    shape = SHAPES.get(name_or_path)
+    if shape is None or "config" in shape:
+        path = shape["config"] if shape else name_or_path
+        return TrainConfig.from_file(path, **overrides, **bookkeeping)
+    return TrainConfig.from_dict({**shape, **overrides, **bookkeeping})
 
-    counts = {"images": 0, "batches": 0, "rss_before_loop": None, "loop_start": None}
-    get_method_class = trainer.get_method_class
 
-    def counting_method_class(name):
-        cls = get_method_class(name)
+def _images(batch) -> int:
+    import torch
 
-        class Counting(cls):
-            def next_batch(self, step):
-                if counts["batches"] == 0:
-                    counts["loop_start"] = time.time()
-                    counts["rss_before_loop"] = _rss_mib()
-                batch = super().next_batch(step)
-                counts["batches"] += 1
-                counts["images"] += sum(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() == 4)
-                return batch
+    return sum(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() == 4)
 
-        Counting.__name__ = cls.__name__
-        return Counting
 
-    trainer.get_method_class = counting_method_class
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    start = time.time()
-    result = trainer.train(args)
-    wall = time.time() - start
-    trainer.get_method_class = get_method_class
+def measure(name: str, overrides: dict, iterations: int, warmup: int, device: str, root: Path) -> dict:
+    import torch
+    from accelerate import Accelerator
 
-    records = [json.loads(line) for line in (Path(output_dir) / "logs" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    stamps = {r["step"]: r["time"] for r in records if r.get("step") is not None}
-    if result.iterations_done != iterations or sorted(stamps) != list(range(1, iterations + 1)):
-        raise RuntimeError(f"expected steps 1..{iterations} in metrics.jsonl, got {sorted(stamps)}")
+    from hf_sbir.training import trainer
+    from hf_sbir.training.data_pipeline import training_batches
+    from hf_sbir.training.methods import get_method_class
+
+    output_dir = root / Path(name).stem
+    args = _config(name, overrides, output_dir)
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=args.mixed_precision)
+    method = get_method_class(args.method)(args)
+    data = method.load_data()
+    model = method.build_model()
+    transform = method.build_transform(model)
+    method.setup(model, data, transform, accelerator)  # caches anchors in output_dir: the loop below reuses them
+
+    # -- data alone: the pipeline the loop uses, nothing consuming it
     timed = iterations - warmup
-    loop_s = stamps[iterations] - stamps[warmup]  # end of step `warmup` -> end of the last step
-    images_per_it = counts["images"] / max(1, counts["batches"])
+    stream = training_batches(method, 0, iterations, args.batch_size, num_workers=args.num_workers)
+    images = 0
+    for step, micro, _ in stream:
+        if step == warmup:
+            began = time.perf_counter()
+        if step >= warmup:
+            images += sum(_images(b) for b in micro)
+    data_s = time.perf_counter() - began
+    data_rate = images / data_s
+    images_per_step = images / timed
+
+    # -- model alone: training steps on one ready batch
+    batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in method.next_batch(0).items()}
+    model.to(accelerator.device).train()
+    optimizer = torch.optim.Adam(method.parameter_groups(model), lr=args.learning_rate)
+
+    def sync():
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for step in range(iterations):
+        if step == warmup:
+            sync()
+            began = time.perf_counter()
+        with accelerator.autocast():
+            loss, _ = method.training_step(model, batch, step)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    sync()
+    model_rate = _images(batch) * timed / (time.perf_counter() - began)
+    del model, optimizer, batch
+
+    # -- the whole loop, as train.py runs it
+    loop_args = _config(name, {**overrides, "iterations": iterations + 1, "stop_after": iterations,
+                               "checkpoint_every": iterations + 1, "keep_checkpoints": 1}, output_dir)
+    if device == "cpu" and torch.cuda.is_available():
+        raise SystemExit("--device cpu on a machine with a GPU: run with CUDA_VISIBLE_DEVICES= to time the loop on the CPU")
+    trainer.train(loop_args)
+    records = [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    stamps = {r["step"]: r for r in records}
+    loop_s = stamps[iterations]["time"] - stamps[warmup]["time"]  # end of step `warmup` -> end of the last step
+    waited = sum(stamps[s]["data_wait_s"] for s in range(warmup + 1, iterations + 1))
+    loop_rate = images_per_step * timed / loop_s
     return {
-        "config": config_path,
-        "method": args.method,
-        "backbone": args.backbone or ("backbone_config" if args.backbone_config else "auto"),
-        "batch_size": args.batch_size,
-        "image_size": args.image_size,
-        "timed_iterations": timed,
-        "loop_s": loop_s,
-        "it_s": timed / loop_s,
-        "s_it": loop_s / timed,
-        "images_per_it": images_per_it,
-        "images_s": images_per_it * timed / loop_s,
-        "setup_s": counts["loop_start"] - start,  # train() called -> first batch requested
-        "wall_s": wall,
-        "final_loss": records[-1].get("loss"),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-        "rss_before_loop_mib": counts["rss_before_loop"],
-        "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "config": name, "method": args.method, "batch_size": args.batch_size, "image_size": args.image_size,
+        "num_workers": args.num_workers, "images_per_step": images_per_step, "data_images_s": data_rate,
+        "model_images_s": model_rate, "loop_images_s": loop_rate, "data_wait_share": waited / loop_s,
+        "loop_vs_min": loop_rate / min(data_rate, model_rate), "timed_steps": timed, "device": str(accelerator.device),
     }
 
 
-# ------------------------------------------------------------------------------------- parent
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--config", action="append", default=None,
-        help="train.py config file; repeat for several (default: configs/quickstart.yaml)",
-    )
-    parser.add_argument("--iterations", type=int, default=30, help="training iterations per config")
-    parser.add_argument("--warmup", type=int, default=1, help="first iterations left out of the timing (>= 1)")
+    parser.add_argument("--shape", action="append", default=None, choices=sorted(SHAPES), help="named config (repeatable)")
+    parser.add_argument("--config", action="append", default=[], help="train.py config file (repeatable)")
+    parser.add_argument("--iterations", type=int, default=12, help="steps per measurement")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of each timing")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field (all configs)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--keep-output", default=None, help="write the runs under this folder instead of a temporary one")
-    parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "OUTPUT_DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.iterations <= args.warmup:
-        parser.error("need --warmup >= 1 and --iterations > --warmup (the first step has no start stamp)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    overrides = _parse_set(args.set)
-
-    if args.worker:  # one config, in this process
-        result = run_one(args.worker[0], args.iterations, args.warmup, overrides, args.worker[1])
-        print(RESULT_MARKER + json.dumps(result), flush=True)
-        return
-
-    configs = [os.path.abspath(c) for c in args.config or [REPO_ROOT / "configs" / "quickstart.yaml"]]
+        parser.error("need --warmup >= 1 and --iterations > --warmup")
+    if args.device == "cpu":
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # before torch is imported: the loop must not pick a GPU
+    import torch
     import transformers
 
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    print(
-        f"machine: {cpu_model()}, nproc={os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"transformers {transformers.__version__}{gpu}"
-    )
-    print(
-        f"{args.iterations} iterations per config, the first {args.warmup} untimed; time of the iteration loop only "
-        "(data loading included, set-up / evaluation / checkpointing excluded); peak RSS of the whole run"
-        + (f"; overrides {overrides}" if overrides else "")
-        + "\n",
-        flush=True,
-    )
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device.")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _machine import cpu_model
+
+    names = (args.shape or ([] if args.config else ["quickstart", "paper"])) + args.config
+    overrides = _parse_set(args.set)
+    gpu = f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {cpu_model()}, nproc={os.cpu_count()}, load average {load:.2f}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}{gpu}")
+    print(f"{args.iterations} steps per measurement, the first {args.warmup} untimed" + (f"; overrides {overrides}" if overrides else "") + "\n", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        root = Path(args.keep_output or tmp)
-        for i, config in enumerate(configs):
-            output_dir = root / f"{i}_{Path(config).stem}"
-            if output_dir.exists() and any(output_dir.iterdir()):
-                raise SystemExit(f"{output_dir} is not empty; pass another --keep-output")
-            command = [sys.executable, os.path.abspath(__file__), "--worker", config, str(output_dir),
-                       "--iterations", str(args.iterations), "--warmup", str(args.warmup)]
-            command += [f"--set={item}" for item in args.set]
-            if args.threads:
-                command += ["--threads", str(args.threads)]
-            proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
-            if proc.returncode != 0 or not lines:
-                sys.stdout.write(proc.stdout)
-                raise SystemExit(f"{config}: the training run failed (exit {proc.returncode})")
-            results.append(json.loads(lines[-1][len(RESULT_MARKER):]))
-
-    cuda = any(r["cuda_peak_mib"] is not None for r in results)
-    print(
-        "| config | method | backbone | batch | image size | images / it | it / s | s / it | images / s "
-        "| set-up (s) | RSS before loop (MiB) | peak RSS (MiB) |" + (" peak CUDA (MiB) |" if cuda else "")
-    )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if cuda else ""))
+        for name in names:
+            results.append(measure(name, overrides, args.iterations, args.warmup, args.device, Path(tmp)))
+            print(f"  {name}: done (load average {os.getloadavg()[0]:.2f})", flush=True)
+    print("\n| config | batch | image size | workers | images / step | data images/s | model images/s | loop images/s "
+          "| loop / min(data, model) | loop time waiting for data |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        config = os.path.relpath(r["config"], REPO_ROOT)
-        before = f"{r['rss_before_loop_mib']:.0f}" if r["rss_before_loop_mib"] is not None else "n/a"
-        row = (
-            f"| {config} | {r['method']} | {r['backbone']} | {r['batch_size']} | {r['image_size']} | "
-            f"{r['images_per_it']:.0f} | {r['it_s']:.3f} | {r['s_it']:.2f} | {r['images_s']:.1f} | "
-            f"{r['setup_s']:.1f} | {before} | {r['peak_rss_mib']:.0f} |"
-        )
-        if cuda:
-            row += f" {r['cuda_peak_mib']:.0f} |" if r["cuda_peak_mib"] is not None else " n/a |"
-        print(row)
-    print(f"\n(timed: {results[0]['timed_iterations']} iterations per config; device {results[0]['device']})")
+        config = os.path.relpath(r["config"], REPO_ROOT) if os.path.sep in r["config"] else r["config"]
+        print(f"| {config} | {r['batch_size']} | {r['image_size']} | {r['num_workers']} | {r['images_per_step']:.0f} | "
+              f"{r['data_images_s']:.1f} | {r['model_images_s']:.1f} | {r['loop_images_s']:.1f} | "
+              f"{100 * r['loop_vs_min']:.0f}% | {100 * r['data_wait_share']:.0f}% |")
+    print(f"\n(device {results[0]['device']}; {results[0]['timed_steps']} timed steps per measurement)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

@@ -161,12 +161,12 @@ def test_processes_and_micro_steps_take_disjoint_shares_of_one_global_batch():
 
     # _CountingMethod stands for a TrainingMethod with a batch plan.
     method = type("M", (_CountingMethod, TrainingMethod), {})(seed=3)
-    single = dict(data_pipeline.training_batches(method, 2, 5, batch_size=12))
+    single = {i: micro for i, micro, _ in data_pipeline.training_batches(method, 2, 5, batch_size=12)}
     for processes, accumulation in ((2, 1), (3, 2), (1, 4)):
         b = 12 // (processes * accumulation)
         got = {}
         for rank in range(processes):
-            for iteration, micro in data_pipeline.training_batches(method, 2, 5, b, accumulation, processes, rank):
+            for iteration, micro, _ in data_pipeline.training_batches(method, 2, 5, b, accumulation, processes, rank):
                 got.setdefault(iteration, {})[rank] = micro
         for iteration in range(2, 5):
             # micro-step m of rank r holds share m * processes + r of the step's global batch
@@ -199,8 +199,8 @@ def test_background_workers_give_the_batches_of_the_loop_itself(tmp_path):
     method.setup(model, load_data(args), transform, Accelerator(cpu=True))
     inline = list(training_batches(method, 1, 4, 3, accumulation=2, num_workers=0))
     background = list(training_batches(method, 1, 4, 3, accumulation=2, num_workers=2))
-    assert [i for i, _ in inline] == [i for i, _ in background] == [1, 2, 3]
-    for (_, a), (_, b) in zip(inline, background):
+    assert [i for i, _, _ in inline] == [i for i, _, _ in background] == [1, 2, 3]
+    for (_, a, _), (_, b, _) in zip(inline, background):
         for x, y in zip(a, b):
             assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     # the whole-step view is next_batch: the two micro-batches of step 1 are its two halves (pixel-exact)

@@ -17,6 +17,7 @@ Items are built in `num_workers` DataLoader worker processes (0: in the training
 
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 import torch
@@ -93,8 +94,9 @@ def training_batches(
     num_workers: int = 0,
     prefetch: int = 2,
     pin_memory: bool = False,
-) -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
-    """Yield `(iteration, [micro-batch, ...])` for iterations start .. end - 1, built `num_workers` processes ahead."""
+) -> Iterator[tuple[int, list[dict[str, torch.Tensor]], float]]:
+    """Yield `(iteration, [micro-batch, ...], wait_s)` for iterations start .. end - 1, built `num_workers` processes
+    ahead; `wait_s` is how long the loop was blocked waiting for that iteration's batches (0 when they were ready)."""
     dataset = MicroBatches(method, start, end, batch_size, accumulation, num_processes, process_index)
     loader = DataLoader(
         dataset,
@@ -106,7 +108,9 @@ def training_batches(
     )
     items = iter(loader)
     for iteration in range(start, end):
-        yield iteration, [next(items) for _ in range(accumulation)]
+        began = time.perf_counter()
+        micro_batches = [next(items) for _ in range(accumulation)]
+        yield iteration, micro_batches, time.perf_counter() - began
 
 
 __all__ = ["MicroBatches", "share_of_plan", "training_batches"]

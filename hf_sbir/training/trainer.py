@@ -199,7 +199,7 @@ def train(args: TrainConfig) -> TrainResult:
         num_processes=accelerator.num_processes, process_index=accelerator.process_index,
         num_workers=args.num_workers, pin_memory=accelerator.device.type == "cuda",
     )
-    for iteration, micro_batches in batches:
+    for iteration, micro_batches, data_wait_s in batches:
         micro_logs: list[dict[str, float]] = []
         for batch in micro_batches:
             batch = {k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -222,6 +222,7 @@ def train(args: TrainConfig) -> TrainResult:
         method.after_optimizer_step(model, iteration)
         logs = {k: sum(m[k] for m in micro_logs) / len(micro_logs) for k in micro_logs[0]}
         logs["lr"] = scheduler.get_last_lr()[0]
+        logs["data_wait_s"] = data_wait_s  # time the step waited for its batches (background loading too slow if > 0)
         history.append(logs)
         if (iteration + 1) % args.log_every == 0:
             accelerator.log(logs, step=iteration + 1)
