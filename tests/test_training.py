@@ -277,3 +277,16 @@ def test_backbone_gradient_scale_sets_the_backbones_pace_under_adam(tmp_path):
     assert full["backbone"] > 0
     assert 0.07 < tenth["backbone"] / full["backbone"] < 0.14, (tenth, full)
     assert 0.7 < tenth["heads"] / full["heads"] < 1.4, (tenth, full)  # the heads keep their pace
+
+
+def test_accumulated_micro_batches_are_the_shares_of_the_larger_batch(tmp_path):
+    """gradient_accumulation_steps=2 x batch 3 trains on the items of batch 6 (the two halves of its global batch);
+    for a loss that is a mean of per-sample terms (Adapt-and-Align) that is the same model as one step of 6."""
+    from test_methods_train_entry import tiny_args as method_args
+
+    # No dropout: its masks are random draws, which no two batch layouts share.
+    settings = dict(iterations=2, checkpoint_every=2, method_args={"adapter_bottleneck_size": 8, "adapter_dropout": 0.0})
+    one = train(method_args(tmp_path, "adapt_align", "one", batch_size=6, **settings))
+    accumulated = train(method_args(tmp_path, "adapt_align", "acc", batch_size=3, gradient_accumulation_steps=2, **settings))
+    a, b = _weights(one), _weights(accumulated)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4  # float rounding, amplified by Adam
