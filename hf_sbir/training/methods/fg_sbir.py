@@ -39,6 +39,7 @@ themselves when the `data` they are given has no `pair_id` column.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -370,7 +371,10 @@ class FGSBIRMethod(TrainingMethod):
             self.ema = ModelEMA(model, self.config.ema_decay)
         if self.distillation:
             self.unlabelled = self._unlabelled_photos()
-            self.teacher = self._build_teacher(model, accelerator)
+            # Data parallelism: the main process trains and caches the teacher, the others load it from the cache.
+            first = getattr(accelerator, "main_process_first", None)
+            with first() if first is not None else contextlib.nullcontext():
+                self.teacher = self._build_teacher(model, accelerator)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
 
