@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -108,6 +109,8 @@ def measure(name: str, overrides: dict, iterations: int, warmup: int, device: st
     from hf_sbir.training.methods import get_method_class
 
     output_dir = root / Path(name).stem
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     args = _config(name, overrides, output_dir)
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision=args.mixed_precision)
     method = get_method_class(args.method)(args)
@@ -167,6 +170,9 @@ def measure(name: str, overrides: dict, iterations: int, warmup: int, device: st
         "num_workers": args.num_workers, "images_per_step": images_per_step, "data_images_s": data_rate,
         "model_images_s": model_rate, "loop_images_s": loop_rate, "data_wait_share": waited / loop_s,
         "loop_vs_min": loop_rate / min(data_rate, model_rate), "timed_steps": timed, "device": str(accelerator.device),
+        # ru_maxrss: KiB on Linux; the whole process so far (configs run one after another in it)
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
     }
 
 
@@ -205,13 +211,14 @@ def main(argv=None) -> list[dict]:
             results.append(measure(name, overrides, args.iterations, args.warmup, args.device, Path(tmp)))
             print(f"  {name}: done (load average {os.getloadavg()[0]:.2f})", flush=True)
     print("\n| config | batch | image size | workers | images / step | data images/s | model images/s | loop images/s "
-          "| loop / min(data, model) | loop time waiting for data |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| loop / min(data, model) | loop time waiting for data | peak RSS so far (MiB) | peak CUDA (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         config = os.path.relpath(r["config"], REPO_ROOT) if os.path.sep in r["config"] else r["config"]
         print(f"| {config} | {r['batch_size']} | {r['image_size']} | {r['num_workers']} | {r['images_per_step']:.0f} | "
               f"{r['data_images_s']:.1f} | {r['model_images_s']:.1f} | {r['loop_images_s']:.1f} | "
-              f"{100 * r['loop_vs_min']:.0f}% | {100 * r['data_wait_share']:.0f}% |")
+              f"{100 * r['loop_vs_min']:.0f}% | {100 * r['data_wait_share']:.0f}% | {r['peak_rss_mib']:.0f} | "
+              + (f"{r['cuda_peak_mib']:.0f} |" if r["cuda_peak_mib"] is not None else "n/a |"))
     print(f"\n(device {results[0]['device']}; {results[0]['timed_steps']} timed steps per measurement)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
