@@ -173,10 +173,12 @@ def _outside(path: Path, *folders: Path) -> bool:
     return not any(Path(path).resolve().is_relative_to(Path(f).resolve()) for f in folders)
 
 
-def _draw_and_search(page, url: str, which: str, index) -> None:
-    """Open the app, draw a square with a bar across, search, and check the 5 results appear and load."""
+def draw_and_search(page, url: str, status_text: str, labels: set[str], k: int = 5) -> None:
+    """Open the app, wait for `status_text` (the gallery is indexed), draw a square with a bar across, search,
+    and check that `k` results appear, captioned with one of `labels`, and load. .ci/newcomer.sh uses it too."""
+    which = status_text
     page.goto(url, wait_until="domcontentloaded", timeout=20_000)
-    page.get_by_text(f"{which}, {len(index)} photos").wait_for(timeout=30_000)
+    page.get_by_text(status_text).wait_for(timeout=60_000)
     page.locator('#sketchpad button[aria-label="Brush"]').click()
     canvas = page.locator("#sketchpad canvas").first
     canvas.wait_for(timeout=10_000)
@@ -195,20 +197,19 @@ def _draw_and_search(page, url: str, which: str, index) -> None:
     images = page.locator("#results img")
     images.first.wait_for(timeout=15_000)
     deadline = time.time() + 10
-    while images.count() < 5 and time.time() < deadline:
+    while images.count() < k and time.time() < deadline:
         time.sleep(0.2)
-    assert images.count() == 5, which
+    assert images.count() == k, which
     status = page.locator("#status").inner_text()
     assert "Top match" in status, (which, status)
     captions = page.locator("#results").inner_text()
-    labels = {str(label) for label in index.column("label")}
     assert " — " in captions and any(c in captions for c in labels), (which, captions)
     # The result images really load in the browser (Gradio served them), and no red "Error" anywhere.
     loaded = "img => img.complete && img.naturalWidth > 0"
     deadline = time.time() + 10
-    while time.time() < deadline and not all(images.nth(i).evaluate(loaded) for i in range(5)):
+    while time.time() < deadline and not all(images.nth(i).evaluate(loaded) for i in range(k)):
         time.sleep(0.2)
-    assert all(images.nth(i).evaluate(loaded) for i in range(5)), which
+    assert all(images.nth(i).evaluate(loaded) for i in range(k)), which
     assert "Error" not in page.locator("body").inner_text(), which
 
 
@@ -242,7 +243,8 @@ def test_browser_draw_and_search(tiny_space, home_gallery):
                 demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
                 try:
                     page = browser.new_page(viewport={"width": 1280, "height": 900})
-                    _draw_and_search(page, f"http://127.0.0.1:{port}/", which, index)
+                    labels = {str(label) for label in index.column("label")}
+                    draw_and_search(page, f"http://127.0.0.1:{port}/", f"{which}, {len(index)} photos", labels)
                     page.screenshot(path=str(artifacts / f"space-{which.replace(' ', '-')}.png"), full_page=True)
                     page.close()
                 finally:
