@@ -266,3 +266,17 @@ def test_every_file_of_the_exported_folder_has_the_same_mode(runs):
     for method, (folder, _, _) in runs.items():
         modes = {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir() if path.is_file()}
         assert len(set(modes.values())) == 1, (method, {k: oct(v) for k, v in modes.items()})
+
+
+def test_missing_backbone_package_is_named_with_its_pip_line(runs, tmp_path):
+    """Where the packaged backbone's one extra package is missing, loading says which and how to install it."""
+    folder = runs["sketch_an_anchor"][0]
+    script = BLOCK_HF_SBIR.replace(
+        'if name == "hf_sbir" or name.startswith("hf_sbir."):',
+        'if name.split(".")[0] in ("hf_sbir", "efficientnet_lite_pytorch"):',
+    ) + f"from transformers import AutoModel\nAutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "efficientnet-lite-pytorch" in last and "pip install efficientnet-lite-pytorch`" in last, last
