@@ -99,14 +99,6 @@ class SbirImageProcessor(PilBackend):
     scale_ink_threshold = 200
     normalize_views = True
 
-    def __init__(self, **kwargs):
-        # `None` means "class default" to transformers' attribute resolution, but for scale normalisation it
-        # means "off": keep an explicit None.
-        scale_off = "scale_object_fraction" in kwargs and kwargs["scale_object_fraction"] is None
-        super().__init__(**kwargs)
-        if scale_off:
-            self.scale_object_fraction = None
-
     def _preprocess_image_like_inputs(self, images, *args, **kwargs):
         domain = kwargs.pop("domain", None) or self.domain
         steps = {name: kwargs.pop(name) for name in STEP_SETTINGS}
@@ -143,7 +135,8 @@ class SbirImageProcessor(PilBackend):
 
     def to_dict(self) -> dict:
         out = super().to_dict()
-        out["scale_object_fraction"] = self.scale_object_fraction  # None ("off") must survive the round trip
+        # transformers drops None settings whose class default is None; say "off" explicitly in the json.
+        out["scale_object_fraction"] = self.scale_object_fraction
         return out
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs):
