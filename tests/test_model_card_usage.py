@@ -206,6 +206,8 @@ def test_card_is_named_after_the_model_and_links_only_to_what_exists(runs):
     assert ModelCard.load(runs["sketch_an_anchor"][0] / "README.md").data.to_dict()["model-index"][0]["name"] == (
         "sketch-an-anchor-efficientnet-lite0-embedded"
     )
+    # Named after what it was evaluated on (shape views: the procedural shapes, not the unused `dataset`).
+    assert ModelCard.load(runs["shape_views"][0] / "README.md").data.model_name == "shape-views-vit-procedural-shapes"
     # The packaged backbone needs one package beyond torch + transformers, and the card names it.
     assert "efficientnet-lite-pytorch" in (runs["sketch_an_anchor"][0] / "README.md").read_text()
     assert "efficientnet-lite-pytorch" not in (runs["adapt_align"][0] / "README.md").read_text()

@@ -44,9 +44,10 @@ HYBRID_MODEL_TYPE = "sbir_hybrid_efficientnet"
 GALLERY_DOMAIN = {"shape_views": "view"}
 
 
-def descriptive_model_name(args, model_config=None) -> str:
+def descriptive_model_name(args, model_config=None, dataset: str | None = None) -> str:
     """The card's title and model-index name: the Hub repository's name when pushing, else
-    `<method>-<backbone>-<dataset>` (a saved folder is usually called `model`, which names nothing)."""
+    `<method>-<backbone>-<dataset>` (a saved folder is usually called `model`, which names nothing);
+    `dataset` defaults to `args.dataset` (a folder gives its name)."""
     if args.hub_model_id:
         return args.hub_model_id.split("/")[-1]
     backbone = getattr(model_config, "backbone_name_or_path", None) or args.backbone
@@ -54,8 +55,8 @@ def descriptive_model_name(args, model_config=None) -> str:
     if backbone in (None, "packaged") and backbone_type == HYBRID_MODEL_TYPE:
         backbone = "efficientnet-lite0"
     parts = [args.method.replace("_", "-"), Path(str(backbone)).name if backbone else backbone_type]
-    dataset = str(args.dataset)
-    parts.append(dataset if dataset == "embedded" or "/" not in dataset else Path(dataset).name)
+    dataset = str(dataset or args.dataset)
+    parts.append(dataset if "/" not in dataset else Path(dataset).name)
     return "-".join(str(p).replace("_", "-").lower() for p in parts if p)
 
 
@@ -153,7 +154,7 @@ def build_model_card(args, result, model_config=None, info: dict | None = None) 
         if isinstance(value, (int, float))
     ]
     repo_id = args.hub_model_id or Path(args.output_dir, "model").as_posix()
-    model_name = descriptive_model_name(args, model_config)
+    model_name = descriptive_model_name(args, model_config, info["dataset_type"])
     card_data = ModelCardData(
         model_name=model_name,
         library_name="transformers",
