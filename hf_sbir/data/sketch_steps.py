@@ -119,8 +119,12 @@ def ink_bbox_crop(img: Image.Image, margin: Union[int, float] = 0.05, ink_thresh
     return out
 
 
+_WHITE = {"L": 255, "1": 1, "RGB": (255, 255, 255), "RGBA": (255, 255, 255, 255), "LA": (255, 255), "I": 255, "F": 255.0}
+
+
 def _white(mode: str):
-    return {"L": 255, "1": 1, "RGB": (255, 255, 255), "RGBA": (255, 255, 255, 255), "LA": (255, 255)}.get(mode, 255)
+    """The white fill of a PIL mode."""
+    return _WHITE.get(mode, 255)
 
 
 def pad_to_square(img: Image.Image, fill=None) -> Image.Image:
@@ -147,9 +151,6 @@ def thicken_strokes(img: Image.Image, width: int) -> Image.Image:
     return img.filter(ImageFilter.MinFilter(2 * width + 1))
 
 
-_WHITE = {"L": 255, "1": 1, "RGB": (255, 255, 255), "RGBA": (255, 255, 255, 255), "LA": (255, 255), "I": 255, "F": 255.0}
-
-
 def scale_normalize(
     img: Image.Image,
     object_fraction: float = 0.85,
@@ -165,7 +166,7 @@ def scale_normalize(
     canvas (`empty="keep"`) or raises `EmptySketchError` (`empty="raise"`).
     """
     side = canvas_size or max(img.size)
-    canvas = Image.new(img.mode, (side, side), _WHITE.get(img.mode, 255))
+    canvas = Image.new(img.mode, (side, side), _white(img.mode))
     box = ink_bbox(img, ink_threshold)
     if box is None:
         if empty == "raise":
