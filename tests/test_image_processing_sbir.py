@@ -102,3 +102,16 @@ def test_transform_from_pretrained_returns_the_class_that_saved_it(tmp_path):
     ShapeViewsImageTransform(image_size=40, scale_object_fraction=0.6).save_pretrained(tmp_path)
     loaded = SbirImageTransform.from_pretrained(tmp_path)
     assert isinstance(loaded, ShapeViewsImageTransform) and loaded.scale_object_fraction == 0.6
+
+
+def test_saved_shape_views_processor_refuses_blank_queries_but_keeps_blank_views():
+    """An exported model refuses a blank sketch; a gallery view without dark ink (a light rendering) is not a
+    query and must not stop a gallery from being indexed."""
+    transform = ShapeViewsImageTransform(image_size=32, empty_sketch="keep").for_inference()
+    processor = transform.to_image_processor()
+    light_view = Image.new("RGB", (60, 40), "white")
+    ImageDraw.Draw(light_view).ellipse((10, 5, 50, 35), outline="gold", width=3)  # grey level ~202: no ink
+    expected = transform(light_view, "view")
+    assert torch.equal(processor(light_view, domain="view", return_tensors="pt").pixel_values[0], expected)
+    with pytest.raises(EmptySketchError):
+        processor(Image.new("L", (40, 40), 255), domain="sketch")

@@ -203,7 +203,8 @@ def prepare_image(
     * `"sketch"`: `to_grayscale_ink`, then either `scale_normalize` (when `scale_object_fraction` is set) or
       `ink_bbox_crop` + `pad_to_square` (when `sketch_ink_crop`), then `thicken_strokes`.
     * `"photo"` / `"view"`: RGB; `scale_normalize` when `scale_object_fraction` is set and `normalize_views`
-      (3D-shape views are drawings too), else `pad_to_square` when `photo_pad_to_square`.
+      (3D-shape views are drawings too; one without ink becomes a blank canvas whatever `empty_sketch` says),
+      else `pad_to_square` when `photo_pad_to_square`.
 
     Raises:
         ValueError: unknown `domain`.
@@ -216,7 +217,8 @@ def prepare_image(
         img = img.convert("RGB")
         if scale_object_fraction is not None:
             if normalize_views:
-                img = scale_normalize(img, scale_object_fraction, ink_threshold=scale_ink_threshold, empty=empty_sketch)
+                # `empty_sketch` is about queries; a gallery view without dark pixels stays (a blank canvas).
+                img = scale_normalize(img, scale_object_fraction, ink_threshold=scale_ink_threshold, empty="keep")
             return img
         return pad_to_square(img) if photo_pad_to_square else img
     img = to_grayscale_ink(img)

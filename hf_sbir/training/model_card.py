@@ -84,7 +84,7 @@ processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=Tr
 sketch_image = Image.new("L", (256, 256), "white")
 ImageDraw.Draw(sketch_image).ellipse((48, 48, 208, 208), outline="black", width=5)
 {domain}_images = []
-for colour in ("tomato", "steelblue", "gold"):
+for colour in ("firebrick", "steelblue", "darkgreen"):
     image = Image.new("RGB", (320, 240), "white")
     ImageDraw.Draw(image).ellipse((90, 50, 230, 190), outline=colour, width=12)
     {domain}_images.append(image)
