@@ -116,4 +116,6 @@ with sync_playwright() as p:
 print("the Space found photos for a drawn sketch in its default gallery")
 EOF
 if grep -q "Traceback\|InvalidPathError" "$WORK/space.log"; then cat "$WORK/space.log"; fail "the Space logged an error"; fi
+# The Space's gallery index for this throwaway model: not worth keeping in the user's cache.
+rm -rf "$("$VENV_BIN/python" -c 'import sys; sys.path.insert(0, "spaces/sketch-an-anchor"); import sketch_search as s; print(s.gallery_cache_dir(s.resolve_model_path(None), "embedded"))')"
 step "passed"
