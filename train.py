@@ -20,6 +20,7 @@ from hf_sbir.training import config_from_args, train
 from hf_sbir.training.checkpointing import CheckpointError, ResumeMismatchError
 from hf_sbir.training.config import ConfigError
 from hf_sbir.training.evaluation import format_metric_table
+from hf_sbir.training.model_card import format_layer_sweep
 
 
 def main(argv=None) -> int:
@@ -58,6 +59,9 @@ def main(argv=None) -> int:
             task = result.metrics_after.get("task") or "evaluation"
             print(f"\n{task[0].upper()}{task[1:]}, in %:\n")
         print(format_metric_table({k: v for k, v in columns.items() if v is not None}, keys=keys))
+        sweep = format_layer_sweep(result.metrics_before, result.metrics_after)
+        if sweep:  # shape views: Acc@k of every encoder layer, the method's main result
+            print(f"\nLayer sweep (* = the model's feature layer), in %:\n\n{sweep}")
         print(f"\nModel saved to {result.model_dir} (load with AutoModel.from_pretrained).")
     return 0
 

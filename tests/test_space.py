@@ -2,8 +2,10 @@
 
 import importlib.util
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +47,8 @@ def _sketch(shape: str = "circle", size: int = 96) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def tiny_space(tmp_path_factory):
-    """A saved tiny model folder + a tiny photo folder (3 classes x 4 generated photos)."""
+    """A saved tiny model folder + a tiny photo folder (3 classes x 4 generated photos). The gallery indexes
+    the tests build go to the user's cache like a user's would; they are removed afterwards."""
     from hf_sbir import SketchAnAnchorModel
     from hf_sbir.data import SbirImageTransform
 
@@ -64,7 +67,25 @@ def tiny_space(tmp_path_factory):
             box = (5 + i, 5 + c, 40 - i, 34 - c)
             (d.ellipse if label == "circle" else d.rectangle)(box, fill=colour)
             img.save(gallery / label / f"{i}.png")
-    return model_dir, gallery
+    yield model_dir, gallery
+    for spec in (gallery, "embedded", *_HOME_GALLERIES):
+        shutil.rmtree(sketch_search.gallery_cache_dir(model_dir, spec), ignore_errors=True)
+
+
+_HOME_GALLERIES: list[Path] = []
+
+
+@pytest.fixture
+def home_gallery(tiny_space):
+    """A copy of the tiny photo folder under $HOME: outside the working directory and the temp dir, where
+    users keep their photos (and where Gradio refuses to serve files from unless told)."""
+    folder = Path.home() / f"hf-sbir-space-test-{os.getpid()}" / "photos"
+    shutil.copytree(tiny_space[1], folder, dirs_exist_ok=True)
+    _HOME_GALLERIES.append(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +149,18 @@ def test_missing_model_message(tmp_path):
         sketch_search.load_model(tmp_path / "nope")
 
 
-def test_gallery_index_is_cached(tiny_space, searcher):
+def test_gallery_index_is_cached_outside_the_model_folder(tiny_space, searcher):
+    """The index goes to hf-sbir's cache dir, never into the model folder (a downloaded model folder may be
+    read-only, and a model folder is what users upload)."""
     model_dir, gallery = tiny_space
     cache = sketch_search.gallery_cache_dir(model_dir, gallery)
-    assert (cache / "index.json").is_file() and cache.parent.parent == model_dir
+    assert (cache / "index.json").is_file()
+    assert cache.parent == sketch_search.cache_root() / "space_galleries"
+    assert not (model_dir / "gallery_cache").exists()
+    before = sorted(p.name for p in model_dir.iterdir())
     reloaded = sketch_search.load_or_build_gallery(searcher.model, searcher.transform, model_dir, gallery)
     assert torch.equal(reloaded.embeddings, searcher.index().embeddings)
+    assert sorted(p.name for p in model_dir.iterdir()) == before
 
 
 def _free_port() -> int:
@@ -142,59 +169,88 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _outside(path: Path, *folders: Path) -> bool:
+    return not any(Path(path).resolve().is_relative_to(Path(f).resolve()) for f in folders)
+
+
+def draw_and_search(page, url: str, status_text: str, labels: set[str], k: int = 5) -> None:
+    """Open the app, wait for `status_text` (the gallery is indexed), draw a square with a bar across, search,
+    and check that `k` results appear, captioned with one of `labels`, and load. .ci/newcomer.sh uses it too."""
+    which = status_text
+    page.goto(url, wait_until="domcontentloaded", timeout=20_000)
+    page.get_by_text(status_text).wait_for(timeout=60_000)
+    page.locator('#sketchpad button[aria-label="Brush"]').click()
+    canvas = page.locator("#sketchpad canvas").first
+    canvas.wait_for(timeout=10_000)
+    box = canvas.bounding_box()
+    cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, min(box["width"], box["height"]) / 4
+    page.mouse.move(cx - r, cy - r)
+    page.mouse.down()
+    for x, y in [(cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r)]:
+        page.mouse.move(x, y, steps=2)
+    page.mouse.up()
+    page.mouse.move(cx - r / 2, cy)
+    page.mouse.down()
+    page.mouse.move(cx + r / 2, cy, steps=2)
+    page.mouse.up()
+    page.click("#search-button")
+    images = page.locator("#results img")
+    images.first.wait_for(timeout=15_000)
+    deadline = time.time() + 10
+    while images.count() < k and time.time() < deadline:
+        time.sleep(0.2)
+    assert images.count() == k, which
+    status = page.locator("#status").inner_text()
+    assert "Top match" in status, (which, status)
+    captions = page.locator("#results").inner_text()
+    assert " — " in captions and any(c in captions for c in labels), (which, captions)
+    # The result images really load in the browser (Gradio served them), and no red "Error" anywhere.
+    loaded = "img => img.complete && img.naturalWidth > 0"
+    deadline = time.time() + 10
+    while time.time() < deadline and not all(images.nth(i).evaluate(loaded) for i in range(k)):
+        time.sleep(0.2)
+    assert all(images.nth(i).evaluate(loaded) for i in range(k)), which
+    assert "Error" not in page.locator("body").inner_text(), which
+
+
 @pytest.mark.browser
-def test_browser_draw_and_search(tiny_space):
+def test_browser_draw_and_search(tiny_space, home_gallery):
+    """Draw in Chromium and get results, with the galleries users have: the default (the embedded photos in
+    hf-sbir's cache) and a photo folder under $HOME; both outside the working directory and the temp dir
+    (Gradio serves files from those two only, unless told)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api")
     spec = importlib.util.spec_from_file_location("sketch_space_app", SPACE / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
-    model_dir, gallery = tiny_space
+    model_dir = tiny_space[0]
     model, transform = sketch_search.load_model(model_dir)
-    searcher = SketchSearch(
-        model, transform, lambda progress: sketch_search.load_or_build_gallery(model, transform, model_dir, gallery, progress)
-    )
-    demo = app.build_demo(searcher, default_k=5, gallery_name="tiny")
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     artifacts = REPO_ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded", timeout=20_000)
-            page.get_by_text("tiny, 12 photos").wait_for(timeout=20_000)
-            page.locator('#sketchpad button[aria-label="Brush"]').click()
-            canvas = page.locator("#sketchpad canvas").first
-            canvas.wait_for(timeout=10_000)
-            box = canvas.bounding_box()
-            cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, min(box["width"], box["height"]) / 4
-            page.mouse.move(cx - r, cy - r)
-            page.mouse.down()
-            for x, y in [(cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r)]:
-                page.mouse.move(x, y, steps=8)
-            page.mouse.up()
-            page.mouse.move(cx - r / 2, cy)
-            page.mouse.down()
-            page.mouse.move(cx + r / 2, cy, steps=8)
-            page.mouse.up()
-            page.click("#search-button")
-            images = page.locator("#results img")
-            images.first.wait_for(timeout=8_000)
-            deadline = time.time() + 10
-            while images.count() < 5 and time.time() < deadline:
-                time.sleep(0.2)
-            assert images.count() == 5
-            status = page.locator("#status").inner_text()
-            assert "Top match" in status, status
-            captions = page.locator("#results").inner_text()
-            assert " — " in captions and any(c in captions for c in ("circle", "square", "bar")), captions
-            page.screenshot(path=str(artifacts / "space.png"), full_page=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            for which, gallery in [("embedded", "embedded"), ("home folder", home_gallery)]:
+                index = sketch_search.load_or_build_gallery(model, transform, model_dir, gallery)
+                paths = [p for p in index.column("path") if p]
+                assert paths and all(_outside(p, Path.cwd(), Path(tempfile.gettempdir())) for p in paths), (
+                    f"the {which} gallery must sit where users have it (not under cwd or the temp dir): {paths[0]}"
+                )
+                searcher = SketchSearch(model, transform, index)
+                demo = app.build_demo(searcher, default_k=5, gallery_name=which)
+                port = _free_port()
+                demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+                try:
+                    page = browser.new_page(viewport={"width": 1280, "height": 900})
+                    labels = {str(label) for label in index.column("label")}
+                    draw_and_search(page, f"http://127.0.0.1:{port}/", f"{which}, {len(index)} photos", labels)
+                    page.screenshot(path=str(artifacts / f"space-{which.replace(' ', '-')}.png"), full_page=True)
+                    page.close()
+                finally:
+                    demo.close()
+        finally:
             browser.close()
-    finally:
-        demo.close()
 
 
 def test_space_readme_front_matter_and_requirements():

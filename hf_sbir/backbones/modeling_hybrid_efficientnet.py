@@ -44,7 +44,7 @@ def _efficientnet_class():
     except ImportError as err:
         raise ImportError(
             "The hybrid EfficientNet-Lite0 backbone needs the `efficientnet-lite-pytorch` package for its "
-            f"architecture: `{_INSTALL_HINT}`."
+            "architecture (a saved model folder carries the weights): `pip install efficientnet-lite-pytorch`."
         ) from err
     return EfficientNet
 

@@ -79,8 +79,9 @@ def image_processor_for_backbone(backbone_or_config, image_size: int | None = No
         image_size (`int`, *optional*): input side in pixels; defaults to the config's `image_size`
             (224 for DINOv2).
 
-    Returns the torchvision-backed `ViTImageProcessor` when torchvision is installed, else its PIL twin
-    `ViTImageProcessorPil`; both save as `ViTImageProcessor` and reload with `AutoImageProcessor`.
+    Returns the PIL-backed `ViTImageProcessorPil` (it saves as `ViTImageProcessor`), also when torchvision is
+    installed: torchvision's resize differs slightly, and a model must see the same numbers on every machine
+    (and the same as its exported `SbirImageProcessor`, which is PIL-based).
     """
     config = _backbone_config(backbone_or_config)
     mean, std = backbone_normalisation(config)
@@ -96,13 +97,9 @@ def image_processor_for_backbone(backbone_or_config, image_size: int | None = No
         image_std=std,
         do_convert_rgb=True,
     )
-    try:
-        import torchvision  # noqa: F401
+    from transformers import ViTImageProcessorPil
 
-        from transformers import ViTImageProcessor as processor_class
-    except ImportError:
-        from transformers import ViTImageProcessorPil as processor_class
-    return processor_class(**kwargs)
+    return ViTImageProcessorPil(**kwargs)
 
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Sketch clean-up steps and the image transform shared by sketches and photos.
 
-The sketch steps are small pure functions on PIL images; each expects (or produces) black ink on a
-white background, mode `"L"`:
+The sketch steps are small pure functions on PIL images (their home is `hf_sbir.data.sketch_steps`,
+re-exported here); each expects (or produces) black ink on a white background, mode `"L"`:
 
     to_grayscale_ink -> ink_bbox_crop -> pad_to_square -> thicken_strokes
 
@@ -24,133 +24,35 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image
 
 from hf_sbir.data.core import CorruptImageError
+from hf_sbir.data.sketch_steps import (  # noqa: F401  (re-exported: the steps' public home is this module too)
+    EmptySketchError,
+    _where,
+    ink_bbox,
+    ink_bbox_crop,
+    pad_to_square,
+    prepare_image,
+    thicken_strokes,
+    threshold,
+    to_8bit,
+    to_grayscale_ink,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRANSFORM_CONFIG_NAME = "sbir_image_transform.json"
-
-
-class EmptySketchError(ValueError):
-    """A sketch with no ink pixels: nothing to crop, and nothing a model could match."""
-
-
-def _where(img: Image.Image) -> str:
-    # PIL keeps the source path on images opened from a file; it is lost after convert().
-    filename = getattr(img, "filename", "")
-    return f" ({filename})" if filename else ""
-
-
-def to_grayscale_ink(img: Image.Image) -> Image.Image:
-    """Convert a sketch to mode `"L"`, dark ink on a light background.
-
-    Transparent pixels are composited onto white first (SVG renderings often have an alpha
-    background). The image is inverted when its border is darker than mid-grey, i.e. when the ink
-    is light on a dark background; the border is the best cheap estimate of the background.
-    """
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    gray = img.convert("L")
-    a = np.asarray(gray)
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    if border.mean() < 128:
-        gray = ImageOps.invert(gray)
-    return gray
-
-
-def threshold(img: Image.Image, level: int = 128) -> Image.Image:
-    """Binarise a grayscale sketch: pixels darker than `level` become ink (0), the rest white (255)."""
-    a = np.asarray(img.convert("L"))
-    return Image.fromarray(np.where(a < level, 0, 255).astype(np.uint8), mode="L")
-
-
-def ink_bbox(img: Image.Image, ink_threshold: int = 200) -> Optional[tuple[int, int, int, int]]:
-    """Bounding box `(left, upper, right, lower)` (right/lower exclusive) of pixels darker than `ink_threshold`.
-
-    Returns `None` for an image without ink.
-    """
-    ink = np.asarray(img.convert("L")) < ink_threshold
-    rows = np.flatnonzero(ink.any(axis=1))
-    cols = np.flatnonzero(ink.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def ink_bbox_crop(img: Image.Image, margin: Union[int, float] = 0.05, ink_threshold: int = 200) -> Image.Image:
-    """Crop a black-on-white sketch to the bounding box of its ink, plus a white margin.
-
-    Args:
-        img: sketch, dark ink on light background (any mode; the crop keeps the mode).
-        margin: white border kept around the ink; an `int` is pixels, a `float` a fraction of the
-            longer side of the ink box. The margin is added as white even where the ink touches
-            the image edge.
-        ink_threshold: pixels darker than this (on the grayscale image) count as ink; 200 keeps
-            faint pencil strokes and anti-aliased edges.
-
-    Returns:
-        image of size `(box_w + 2 * m, box_h + 2 * m)`.
-
-    Raises:
-        EmptySketchError: if no pixel is darker than `ink_threshold`.
-    """
-    box = ink_bbox(img, ink_threshold)
-    if box is None:
-        raise EmptySketchError(
-            f"Empty sketch{_where(img)}: no ink pixel darker than {ink_threshold} in a {img.size[0]}x{img.size[1]} "
-            "image, so there is nothing to crop to. Check the file, or the ink polarity (dark ink on white expected)."
-        )
-    left, upper, right, lower = box
-    m = int(margin) if isinstance(margin, int) else int(round(margin * max(right - left, lower - upper)))
-    cropped = img.crop(box)
-    out = Image.new(img.mode, (right - left + 2 * m, lower - upper + 2 * m), _white(img.mode))
-    out.paste(cropped, (m, m))
-    return out
-
-
-def _white(mode: str):
-    return {"L": 255, "1": 1, "RGB": (255, 255, 255), "RGBA": (255, 255, 255, 255), "LA": (255, 255)}.get(mode, 255)
-
-
-def pad_to_square(img: Image.Image, fill=None) -> Image.Image:
-    """Centre `img` on a square canvas of side `max(w, h)`, filled with white (or `fill`)."""
-    w, h = img.size
-    side = max(w, h)
-    if w == h:
-        return img
-    out = Image.new(img.mode, (side, side), _white(img.mode) if fill is None else fill)
-    out.paste(img, ((side - w) // 2, (side - h) // 2))
-    return out
-
-
-def thicken_strokes(img: Image.Image, width: int) -> Image.Image:
-    """Grow black strokes by `width` pixels on each side (grey-level erosion of the white background).
-
-    `MinFilter(2 * width + 1)` takes the darkest pixel of each neighbourhood, so on black-on-white
-    images the ink spreads outwards. `width=0` returns the image unchanged.
-    """
-    if width < 0:
-        raise ValueError(f"width must be >= 0, got {width}")
-    if width == 0:
-        return img
-    return img.filter(ImageFilter.MinFilter(2 * width + 1))
+# transform_type -> the module defining it (imported on demand by `SbirImageTransform.from_dict`).
+_KNOWN_SUBCLASSES = {"ShapeViewsImageTransform": "hf_sbir.models.shape_views.processing_shape_views"}
 
 
 def _default_image_processor(image_size: int, mean: Sequence[float], std: Sequence[float]):
-    """A ViT image processor that resizes to `image_size` squared and normalises with `mean`/`std`."""
-    import transformers
-    from transformers.utils import is_torchvision_available
+    """A ViT image processor (PIL backend) that resizes to `image_size` squared and normalises with `mean`/`std`."""
+    from transformers import ViTImageProcessorPil
 
-    # Without torchvision, transformers 5 falls back to the PIL backend with a warning; ask for it directly.
-    cls = getattr(transformers, "ViTImageProcessorPil", None) if not is_torchvision_available() else None
-    cls = cls or transformers.ViTImageProcessor
-    return cls(
+    return ViTImageProcessorPil(
         do_resize=True,
         size={"height": image_size, "width": image_size},
         do_rescale=True,
@@ -161,42 +63,23 @@ def _default_image_processor(image_size: int, mean: Sequence[float], std: Sequen
 
 
 def _image_processor_from_dict(config: dict):
-    """Rebuild an image processor from its `to_dict()`, using the class named in `image_processor_type`."""
+    """Rebuild an image processor from its `to_dict()`, using the class named in `image_processor_type`.
+
+    The PIL backend (`<Name>Pil`) is preferred even when torchvision is installed: a model's preprocessing
+    must give the same numbers whether or not an optional package happens to be present (and the same
+    numbers as the folder's `SbirImageProcessor`, which is PIL-based).
+    """
     import transformers
-    from transformers.utils import is_torchvision_available
 
     name = config.get("image_processor_type") or "ViTImageProcessor"
     for suffix in ("Fast", "Pil"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
-    # Look up the PIL backend first: touching the default class name without torchvision warns.
-    cls = None
-    if not is_torchvision_available():
-        cls = getattr(transformers, f"{name}Pil", None)
-    cls = cls or getattr(transformers, name, None)
+    cls = getattr(transformers, f"{name}Pil", None) or getattr(transformers, name, None)
     if cls is None:
         raise ValueError(f"Unknown image processor class {name!r} in the saved transform")
     kwargs = {k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")}
     return cls(**kwargs)
-
-
-def to_8bit(img: Image.Image) -> Image.Image:
-    """Scale 16-bit and 32-bit greyscale images (modes `I;16*`, `I`, `F`) to 8-bit `"L"`; other modes pass.
-
-    PIL's own `convert("L")`/`convert("RGB")` clips these at 255, so a 16-bit photo would become pure
-    white. `I;16` is scaled by 1/257 (65535 -> 255); `I` by 1/257 only when it holds values above 255
-    (PNG 16-bit greyscale may open as `I`); `F` in [0, 1] is scaled by 255, otherwise clipped.
-    """
-    if not (img.mode.startswith("I;16") or img.mode in ("I", "F")):
-        return img
-    a = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16") or (img.mode == "I" and a.size and a.max() > 255):
-        a = a / 257.0
-    elif img.mode == "F" and a.size and a.max() <= 1.0:
-        a = a * 255.0
-    out = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), mode="L")
-    out.filename = getattr(img, "filename", "")  # keep the source path for error messages (see `_where`)
-    return out
 
 
 def load_image(image: Union[str, os.PathLike, Image.Image, dict]) -> Image.Image:
@@ -247,7 +130,17 @@ class SbirImageTransform:
         empty_sketch: `"raise"` (default) raises `EmptySketchError`; `"keep"` passes the blank
             sketch through uncropped (training uses it so that one blank sketch in the data does not stop
             a run; `for_inference()` gives the copy a saved model carries, which refuses blank queries).
+
+    Subclasses (e.g. the shape-views transform) are recorded by name in the saved json, so
+    `SbirImageTransform.from_pretrained(folder)` returns the class that saved the folder.
     """
+
+    domains = ("sketch", "photo")
+    _subclasses: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        SbirImageTransform._subclasses[cls.__name__] = cls
 
     def __init__(
         self,
@@ -284,24 +177,37 @@ class SbirImageTransform:
         (`EmptySketchError`) as by the default transform, not silently scored."""
         return type(self).from_dict({**self.to_dict(), "empty_sketch": "raise"})
 
+    def prepare_settings(self) -> dict:
+        """The keyword arguments of `sketch_steps.prepare_image` that this transform applies."""
+        return dict(
+            sketch_ink_crop=self.sketch_ink_crop,
+            sketch_crop_margin=self.sketch_crop_margin,
+            sketch_stroke_width=self.sketch_stroke_width,
+            sketch_ink_threshold=self.sketch_ink_threshold,
+            photo_pad_to_square=self.photo_pad_to_square,
+            empty_sketch=self.empty_sketch,
+        )
+
     def prepare(self, image, domain: str) -> Image.Image:
         """Apply the domain's PIL steps and return an RGB image (before resize/normalise)."""
-        if domain not in ("sketch", "photo"):
-            raise ValueError(f"domain must be 'sketch' or 'photo', got {domain!r}")
+        if domain not in self.domains:
+            raise ValueError(f"domain must be one of {self.domains}, got {domain!r}")
         img = load_image(image)
-        where = getattr(img, "filename", "") or (image.get("path") if isinstance(image, dict) else "")
-        if domain == "photo":
-            img = img.convert("RGB")
-            return pad_to_square(img) if self.photo_pad_to_square else img
-        img = to_grayscale_ink(img)
-        if self.sketch_ink_crop:
-            try:
-                img = pad_to_square(ink_bbox_crop(img, self.sketch_crop_margin, self.sketch_ink_threshold))
-            except EmptySketchError as err:
-                if self.empty_sketch == "raise":
-                    raise EmptySketchError(f"{err}{f' [file: {where}]' if where else ''}") from None
-        img = thicken_strokes(img, self.sketch_stroke_width)
-        return img.convert("RGB")
+        try:
+            return prepare_image(img, domain, **self.prepare_settings())
+        except EmptySketchError as err:
+            where = image.get("path") if isinstance(image, dict) else ""
+            if where and "[file:" not in str(err):
+                raise EmptySketchError(f"{err} [file: {where}]") from None
+            raise
+
+    def to_image_processor(self):
+        """The same preprocessing as a transformers image processor (`SbirImageProcessor`), to save next to a
+        model so that `AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)` reproduces this
+        transform without hf-sbir installed."""
+        from hf_sbir.image_processing_sbir import SbirImageProcessor
+
+        return SbirImageProcessor.from_transform(self)
 
     def __call__(self, image, domain: str) -> torch.FloatTensor:
         """Args: `image` (PIL image, path, or `datasets` image dict), `domain` (`"sketch"`/`"photo"`).
@@ -332,6 +238,7 @@ class SbirImageTransform:
         """JSON-serialisable settings, including the image processor's own `to_dict()`."""
         processor = json.loads(self.image_processor.to_json_string())
         return {
+            "transform_type": type(self).__name__,
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
@@ -347,6 +254,18 @@ class SbirImageTransform:
     @classmethod
     def from_dict(cls, config: dict) -> "SbirImageTransform":
         config = dict(config)
+        # A folder saved by a subclass (e.g. ShapeViewsImageTransform) needs that class for its settings.
+        saved_type = config.pop("transform_type", None)
+        if saved_type is None and "normalize_views" in config:
+            # Folders saved before `transform_type` existed: only the shape-views transform writes this key.
+            saved_type = "ShapeViewsImageTransform"
+        if saved_type in _KNOWN_SUBCLASSES and saved_type not in SbirImageTransform._subclasses:
+            # Subclasses live with their model family, loaded on first use; import the one the folder names.
+            import importlib
+
+            importlib.import_module(_KNOWN_SUBCLASSES[saved_type])
+        if saved_type and saved_type != cls.__name__ and saved_type in SbirImageTransform._subclasses:
+            cls = SbirImageTransform._subclasses[saved_type]
         processor = config.pop("image_processor", None)
         return cls(image_processor=_image_processor_from_dict(processor) if processor else None, **config)
 

@@ -355,8 +355,15 @@ def write_model_folder(model_dir: Path, model, transform, args: TrainConfig, res
     transform = transform.for_inference()
     model.save_pretrained(model_dir)
     transform.save_pretrained(model_dir)
-    # A plain transformers image processor config too, so AutoImageProcessor works on the folder.
-    transform.image_processor.save_pretrained(model_dir)
+    # The same preprocessing as a transformers image processor with its code (sketch steps included), so
+    # `AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)` works without hf-sbir.
+    transform.to_image_processor().save_pretrained(model_dir)
+    # The weights arrive through a temporary file (mode 600); give every file the mode config.json got
+    # from the user's umask, so a shared or uploaded folder is readable like the rest.
+    mode = (model_dir / "config.json").stat().st_mode & 0o777
+    for path in model_dir.iterdir():
+        if path.is_file() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
     write_model_card(model_dir, args, result, card_info)
 
 

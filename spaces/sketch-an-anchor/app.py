@@ -4,7 +4,7 @@
 
 On a Hugging Face Space it starts with the defaults (override with $SKETCH_SEARCH_MODEL /
 $SKETCH_SEARCH_GALLERY). The gallery index is built once (progress bar on the first page load) and
-cached next to the model.
+cached in ~/.cache/hf_sbir/space_galleries ($HF_SBIR_CACHE moves it).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sketch_search import (  # noqa: E402
     MAX_K,
     SketchSearch,
     SketchSearchError,
+    display_image,
     is_blank,
     load_model,
     load_or_build_gallery,
@@ -45,7 +46,10 @@ def _progress_callback(progress):
 
 def build_demo(searcher: SketchSearch, default_k: int = 8, gallery_name: str = "embedded") -> gr.Blocks:
     def show(results):
-        return [(image, f"{label} — {score:.3f}") for image, label, score in results]
+        # PIL images, not paths: Gradio serves only files under the working directory, the temp dir or
+        # `allowed_paths`, and a gallery (the embedded cache in ~/.cache, a user's --gallery folder) can be
+        # anywhere. Gradio writes these to its own cache, which it always serves.
+        return [(display_image(image), f"{label} — {score:.3f}") for image, label, score in results]
 
     def run(image, k, progress):
         try:

@@ -175,17 +175,21 @@ def _model_fingerprint(model_dir: str | os.PathLike) -> str:
     return "|".join(parts)
 
 
+def cache_root() -> Path:
+    """hf-sbir's cache folder: ``$HF_SBIR_CACHE``, else ``~/.cache/hf_sbir`` (the embedded data lives there too)."""
+    return Path(os.environ.get("HF_SBIR_CACHE") or Path.home() / ".cache" / "hf_sbir").expanduser()
+
+
 def gallery_cache_dir(model_dir: str | os.PathLike, gallery: str | os.PathLike) -> Path:
-    """Where the index for (model, gallery) is cached: ``<model>/gallery_cache/<key>`` when the model is a
-    writable local folder, else ``~/.cache/hf_sbir/space_galleries/<key>``."""
+    """Where the index for (model, gallery) is cached: ``<cache_root()>/space_galleries/<key>``.
+
+    Never inside the model folder: a downloaded or shared model folder may be read-only, and a model
+    folder is something users upload (a cache inside it would travel with it)."""
     spec = os.fspath(gallery)
     if spec != "embedded" and Path(spec).expanduser().exists():
         spec = str(Path(spec).expanduser().resolve())
     key = hashlib.sha1(f"{_model_fingerprint(model_dir)}||{spec}".encode()).hexdigest()[:16]
-    model_path = Path(model_dir)
-    if model_path.is_dir() and os.access(model_path, os.W_OK):
-        return model_path / "gallery_cache" / key
-    return Path(os.environ.get("HF_SBIR_CACHE", Path.home() / ".cache" / "hf_sbir")) / "space_galleries" / key
+    return cache_root() / "space_galleries" / key
 
 
 def build_index(
@@ -296,6 +300,17 @@ def markdown_text(value: Any) -> str:
     import re
 
     return re.sub(r"([\\`*_\[\]()|~])", r"\\\1", html.escape(str(value), quote=False))
+
+
+DISPLAY_SIZE = 512  # longest side of a result image as the UI shows it
+
+
+def display_image(image: str | os.PathLike | Image.Image, size: int = DISPLAY_SIZE) -> Image.Image:
+    """A result as an RGB PIL image of at most ``size`` pixels a side (a gallery photo can be any size)."""
+    img = Image.open(image) if not isinstance(image, Image.Image) else image
+    img = img.convert("RGB")
+    img.thumbnail((size, size))
+    return img
 
 
 def is_blank(image: Image.Image | None) -> bool:

@@ -25,18 +25,8 @@ from typing import Sequence, Union
 
 from PIL import Image
 
-from hf_sbir.data.processing import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    EmptySketchError,
-    SbirImageTransform,
-    ink_bbox,
-    load_image,
-    thicken_strokes,
-    to_grayscale_ink,
-)
-
-_WHITE = {"L": 255, "1": 1, "RGB": (255, 255, 255), "RGBA": (255, 255, 255, 255), "LA": (255, 255), "I": 255, "F": 255.0}
+from hf_sbir.data.processing import IMAGENET_MEAN, IMAGENET_STD, SbirImageTransform
+from hf_sbir.data.sketch_steps import scale_normalize
 
 
 @dataclass
@@ -69,24 +59,7 @@ class ScaleNormalize:
             raise ValueError(f"empty must be 'keep' or 'raise'; got {self.empty!r}.")
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        side = self.canvas_size or max(image.size)
-        fill = _WHITE.get(image.mode, 255)
-        canvas = Image.new(image.mode, (side, side), fill)
-        box = ink_bbox(image, self.ink_threshold)
-        if box is None:
-            if self.empty == "raise":
-                raise EmptySketchError(
-                    f"Empty drawing: no pixel darker than {self.ink_threshold} in a {image.size[0]}x{image.size[1]} image."
-                )
-            return canvas
-        left, upper, right, lower = box
-        width, height = right - left, lower - upper
-        scale = self.object_fraction * side / max(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        # LANCZOS anti-aliases when shrinking and stays sharp when enlarging.
-        obj = image.crop(box).resize(size, Image.Resampling.LANCZOS)
-        canvas.paste(obj, ((side - size[0]) // 2, (side - size[1]) // 2))
-        return canvas
+        return scale_normalize(image, self.object_fraction, self.canvas_size, self.ink_threshold, self.empty)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +80,8 @@ class ShapeViewsImageTransform(SbirImageTransform):
             that query and gallery should share the object scale).
         Other arguments: as `SbirImageTransform`.
     """
+
+    domains = ("sketch", "photo", "view")
 
     def __init__(
         self,
@@ -162,20 +137,13 @@ class ShapeViewsImageTransform(SbirImageTransform):
         kwargs.setdefault("scale_object_fraction", config.scale_object_fraction)
         return cls(image_processor=processor, image_size=int(processor.size["height"]), **kwargs)
 
-    def prepare(self, image, domain: str) -> Image.Image:
-        if domain not in ("sketch", "photo", "view"):
-            raise ValueError(f"domain must be 'sketch', 'photo' or 'view'; got {domain!r}")
-        img = load_image(image)
-        if domain != "sketch":
-            img = img.convert("RGB")
-            if self.scale_normalize is not None and self.normalize_views:
-                img = self.scale_normalize(img)
-            return img
-        if self.scale_normalize is None:
-            return super().prepare(img, "sketch")
-        img = self.scale_normalize(to_grayscale_ink(img))
-        img = thicken_strokes(img, self.sketch_stroke_width)
-        return img.convert("RGB")
+    def prepare_settings(self) -> dict:
+        return dict(
+            super().prepare_settings(),
+            scale_object_fraction=self.scale_object_fraction,
+            scale_ink_threshold=self.scale_ink_threshold,
+            normalize_views=self.normalize_views,
+        )
 
     def to_dict(self) -> dict:
         out = super().to_dict()

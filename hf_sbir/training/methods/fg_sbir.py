@@ -312,10 +312,25 @@ class FGSBIRMethod(TrainingMethod):
                 raise ConfigError(f"init_model {self.args.init_model!r} is a {type(model).__name__}, not an FG-SBIR model.")
             for key, value in self.method_settings.apply_to_trained(model.config, kwargs, self.args.init_model).items():
                 setattr(model.config, key, value)
+            logger.info(
+                "FG-SBIR backbone: %s (%s) — the weights of init_model %s.",
+                model.config.backbone_name_or_path or "custom", model.config.backbone_config.model_type, self.args.init_model,
+            )
             return model
         if self.args.backbone_config is not None:
-            return FGSBIRModel(FGSBIRConfig(backbone_config=self.args.backbone_config, **kwargs))
-        return FGSBIRModel.from_backbone(self.args.backbone, **kwargs)
+            model = FGSBIRModel(FGSBIRConfig(backbone_config=self.args.backbone_config, **kwargs))
+            reason = "built from backbone_config, randomly initialised"
+        else:
+            model = FGSBIRModel.from_backbone(self.args.backbone, **kwargs)
+            reason = "requested" if self.args.backbone else "chosen automatically (backbone: null)"
+        # Which backbone a run trains matters for every figure it prints: say it, as Sketch-an-Anchor does.
+        logger.info(
+            "FG-SBIR backbone: %s (%s) — %s.",
+            model.config.backbone_name_or_path or "custom",
+            model.config.backbone_config.model_type,
+            reason,
+        )
+        return model
 
     def build_transform(self, model):
         from hf_sbir.data import SbirImageTransform
