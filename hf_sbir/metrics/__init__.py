@@ -1,4 +1,4 @@
-"""Retrieval metrics (mAP@k, P@k, Acc@k) and their `evaluate` modules.
+"""Retrieval metrics (mAP@k, P@k, Acc@k) under named evaluation protocols, and their `evaluate` modules.
 
 The functions in `retrieval_metrics` are the single implementation; the `evaluate` module scripts
 under ``evaluate_modules/`` call them. ``load_metric(name)`` loads a packaged module offline.
@@ -9,9 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .retrieval_metrics import (
+    AP_KINDS,
+    AVERAGES,
     MAP_NORMALIZATIONS,
     PRECISION_NORMALIZATIONS,
+    PROTOCOLS,
+    RetrievalProtocol,
     accuracy_at_k,
+    get_protocol,
     instance_metrics,
     mean_average_precision,
     precision_at_k,
@@ -47,6 +52,11 @@ def load_metric(name: str, **kwargs):
 
 
 __all__ = [
+    "AP_KINDS",
+    "AVERAGES",
+    "PROTOCOLS",
+    "RetrievalProtocol",
+    "get_protocol",
     "MAP_NORMALIZATIONS",
     "PRECISION_NORMALIZATIONS",
     "METRIC_NAMES",

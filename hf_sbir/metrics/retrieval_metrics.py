@@ -1,4 +1,5 @@
-"""Retrieval metrics for sketch-based image retrieval: mAP@k, P@k and instance Acc@k.
+"""Retrieval metrics for sketch-based image retrieval: mAP@k, P@k and instance Acc@k, under named
+evaluation protocols that reproduce the numbers of published zero-shot SBIR code.
 
 Every function takes a similarity matrix ``scores`` of shape ``(Q, G)`` (Q queries, G gallery
 items, *higher is better*; cosine similarity in this package) and labels or target indices, and is a
@@ -10,59 +11,67 @@ Conventions shared by every function in this module
 * **Ranking and ties.** Each query's gallery is ranked by a *stable* sort on score, descending;
   items with equal scores keep gallery order, so the tie is broken by **gallery index, ascending**.
   The result is deterministic and independent of the chunk size. ``NaN`` scores raise a
-  ``ValueError`` (a NaN has no place in a ranking); ``-inf`` is allowed and ranks last.
+  ``ValueError`` (a NaN has no place in a ranking); ``-inf`` is allowed and ranks last. (The
+  published code ranks with ``np.argsort``, whose default sort is not stable: on exact ties its
+  numbers depend on numpy's internals; ours do not.)
 * **Relevance.** Gallery item ``j`` is relevant to query ``i`` iff
   ``gallery_labels[j] == query_labels[i]`` (category-level retrieval). Labels may be integer
   tensors/arrays or any sequences of hashable values (e.g. class-name strings); non-integer labels
   are mapped to integers jointly for both sides.
 * **R** is the number of relevant items in the gallery for a query; **hits@k** is the number of
-  relevant items among its top k.
-* **Averaging.** Means are over queries (every query weighs the same, the convention of the
-  zero-shot SBIR tables); `retrieval_metrics` also returns the per-class means.
+  relevant items among its top k; ``P@i = hits@i / i``.
 * **Gallery smaller than k.** ``k`` is clipped to the gallery size ``G`` (``G - 1`` with
-  ``exclude_self``): P@k of a 50-item gallery with ``k=100`` is hits@50 / 50, and AP@k equals AP
-  over the whole ranking with the same normaliser rule.
-* **Queries with no relevant item in the gallery** (R = 0), ``no_relevant=``:
-  ``"zero"`` (default) scores such a query 0 for every metric and keeps it in the mean, so the mean
-  is over all Q queries and such queries can only lower the score; ``"exclude"`` leaves them out
-  of the mean (per-query values are ``NaN``; a mean over no query at all is ``NaN``). In standard
-  zero-shot SBIR splits every query class is present in the gallery and both choices agree.
+  ``exclude_self``), as every protocol below does (``min(top, tot)`` in their code).
 * **exclude_self** (queries and gallery are the same set, e.g. photo-to-photo retrieval): query
   ``i`` is removed from its own gallery, i.e. the ranking and R are computed over the other
   ``G - 1`` items. This is not the same as setting the diagonal to ``-inf``, which would keep the
   item in R and in the ranking (last).
 * **Memory.** Queries are processed in chunks (``chunk_size`` queries at a time; by default as
-  many as keep one chunk near 4M matrix entries, about 250 MB of temporaries), so a 20k x 100k
-  score matrix is evaluated without a Q x G sort buffer. Only the score matrix itself must fit.
+  many as keep one chunk near 4M matrix entries, a few hundred MB of temporaries), so a
+  20k x 100k score matrix is evaluated without a Q x G sort buffer. Only the score matrix itself
+  must fit; `hf_sbir.retrieval.evaluate_embeddings` does not even need that (it scores chunks of
+  queries from the embeddings).
 
-Average precision
------------------
-For one query with ranked relevance ``rel_1 .. rel_G`` and ``P@i = hits@i / i``:
+Average precision (``average_precision=``)
+------------------------------------------
+For one query with ranked relevance ``rel_1 .. rel_G``, AP@all and AP@k (top k only) are
+``(1 / N) * sum_{i <= cut} p_i * rel_i`` where the precision term ``p_i`` is:
 
-* ``AP@all = (1 / R) * sum_{i<=G} P@i * rel_i`` -- the textbook (TREC) definition.
-* ``AP@k = (1 / N_k) * sum_{i<=k} P@i * rel_i``, where the normaliser ``N_k`` is chosen by
-  ``normalize=``:
+* ``"trec"``: ``P@i`` -- the textbook (TREC) definition;
+* ``"voc"``: the VOC-*interpolated* precision ``max_{i <= j <= cut} P@j`` (the best precision at
+  rank i or any later rank of the list), i.e. the area under the interpolated precision-recall
+  curve of ``VOCap`` in SAKE / DSN / TC-Net / ZSE-SBIR;
+* ``"sklearn"``: ``P@e(i)`` with ``e(i)`` the last rank of the group of items tied with item i
+  (clipped to the cut) -- ``sklearn.metrics.average_precision_score``, which takes one threshold
+  per distinct score, as SEM-PCYC and Doodle2Search call it.
 
-  - ``"retrieved"`` (default): ``N_k = hits@k``, the number of relevant items *retrieved* in the
-    top k. This is the mAP@200 of the zero-shot SBIR literature that follows SEM-PCYC (Dutta &
-    Akata, CVPR 2019): its ``apsak`` helper (``AnjanDutta/sem-pcyc``, ``src/utils.py``) runs
-    ``sklearn.metrics.average_precision_score`` on each query's top-k list, i.e. divides by the
-    relevant items in that list, and gives 0 to a query with none. Numbers computed here are
-    comparable with those tables (up to exact score ties, which sklearn groups into one
-    threshold). A query with R > 0 but hits@k = 0 gets AP@k = 0, as there.
-  - ``"min_k_relevant"``: ``N_k = min(k, R)``; never larger than 1 and penalises relevant items
-    missing from the top k. This is the normaliser of SAKE's ``eval_AP_inner(..., top=k)``
-    (``qliu24/SAKE``) -- note that SAKE also uses VOC-style *interpolated* precision, which this
-    module does not, so SAKE's numbers can be slightly higher.
-  - ``"total_relevant"``: ``N_k = R``; with k >= G this equals AP@all.
+The normaliser of AP@all is ``N = R``. The normaliser of AP@k (``map_normalize=``):
 
-  With ``k=None`` (AP over the whole ranking) all three give ``AP@all``.
+* ``"retrieved"``: ``N = hits@k``, the relevant items retrieved in the top k (what
+  ``average_precision_score`` on the top-k list computes); a query with hits@k = 0 gets 0;
+* ``"min_k_relevant"``: ``N = min(k, R)`` (SAKE's ``eval_AP_inner(..., top=k)``: ``tot_pos =
+  min(top, tot_pos)``); never above 1, penalises relevant items missing from the top k;
+* ``"total_relevant"``: ``N = R``.
 
-Precision
----------
-* ``P@k = hits@k / k`` (``normalize="k"``, default, the textbook definition).
-* ``normalize="min_k_relevant"``: ``hits@k / min(k, R)``, which reaches 1 when a class has
-  fewer than k gallery items and all of them are in the top k.
+Precision at k (``precision_normalize=``)
+-----------------------------------------
+* ``"k"``: ``hits@k / k`` (textbook; SAKE's ``eval_precision``, SEM-PCYC's ``prec``);
+* ``"min_k_relevant"``: ``hits@k / min(k, R)`` (Doodle2Search's ``prec``);
+* ``"hits_at_min_k_relevant"``: ``hits@min(k, R) / min(k, R)`` (ZSE-SBIR's ``precision_eval``:
+  the top ``min(k, R)`` items only, an R-precision capped at k).
+
+Queries with no relevant item (R = 0), ``no_relevant=``: ``"zero"`` scores them 0 and keeps them
+in the mean; ``"exclude"`` leaves them out (per-query NaN, ``np.nanmean`` as the VOC-style code
+does). Averaging, ``average=``: ``"query"`` (every query weighs the same) or ``"class"`` (the mean
+over query classes of each class's mean, as DSN and TC-Net report).
+
+Protocols (``protocol=``)
+-------------------------
+A protocol names one combination of the settings above and the cut-offs it reports; each returns
+``"map@all"``, ``"map@200"``, ``"p@100"``, ``"p@200"`` as that code reports them (Doodle2Search:
+no mAP@200). See `PROTOCOLS`; each preset's ``reference`` names the repository and file whose
+numbers it reproduces. Explicit ``map_normalize=`` / ``precision_normalize=`` / ``no_relevant=`` /
+``average=`` arguments override the preset's.
 
 Instance-level accuracy
 -----------------------
@@ -72,6 +81,7 @@ with the same ranking and tie rule (the target loses ties against lower gallery 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -79,24 +89,161 @@ from typing import Any, Literal
 import torch
 
 __all__ = [
-    "mean_average_precision",
-    "precision_at_k",
-    "accuracy_at_k",
-    "retrieval_metrics",
-    "instance_metrics",
+    "AP_KINDS",
+    "AVERAGES",
     "MAP_NORMALIZATIONS",
     "PRECISION_NORMALIZATIONS",
+    "PROTOCOLS",
+    "RetrievalProtocol",
+    "accuracy_at_k",
+    "get_protocol",
+    "instance_metrics",
+    "mean_average_precision",
+    "precision_at_k",
+    "retrieval_metrics",
 ]
 
+AP_KINDS = ("trec", "voc", "sklearn")
 MAP_NORMALIZATIONS = ("retrieved", "min_k_relevant", "total_relevant")
-PRECISION_NORMALIZATIONS = ("k", "min_k_relevant")
+PRECISION_NORMALIZATIONS = ("k", "min_k_relevant", "hits_at_min_k_relevant")
+AVERAGES = ("query", "class")
 _NO_RELEVANT = ("zero", "exclude")
-# Score-matrix entries per query chunk; each entry needs about 60 bytes of temporaries.
+# Score-matrix entries per query chunk; each entry needs about 60-100 bytes of temporaries.
 _CHUNK_ELEMENTS = 1 << 22
 
 MapNormalize = Literal["retrieved", "min_k_relevant", "total_relevant"]
-PrecisionNormalize = Literal["k", "min_k_relevant"]
+PrecisionNormalize = Literal["k", "min_k_relevant", "hits_at_min_k_relevant"]
 NoRelevant = Literal["zero", "exclude"]
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}")
+
+
+def _check_k(k: Any, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {k!r}")
+    return k
+
+
+# --------------------------------------------------------------------------------------------
+# protocols
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class RetrievalProtocol:
+    """One evaluation protocol: how AP and P@k are computed, averaged, and which cut-offs are reported.
+
+    Attributes:
+        name: the preset's name (``"textbook"``, ``"sake"``, ...), with ``+overrides`` when changed.
+        average_precision: ``"trec"``, ``"voc"`` or ``"sklearn"`` (module docstring).
+        map_normalize: normaliser of AP@k. precision_normalize: definition of P@k.
+        no_relevant: ``"zero"`` or ``"exclude"``. average: ``"query"`` or ``"class"``.
+        precision_no_relevant: the same for P@k when the code treats it differently (None: as
+            ``no_relevant``). SAKE's ``eval_precision`` returns 0 for a query without relevant items
+            (it never divides by R) while its ``eval_AP_inner`` returns NaN.
+        map_ks / precision_ks: the cut-offs the protocol reports (``map@all`` is always reported).
+        reference: the code whose numbers the preset reproduces (repository and file).
+    """
+
+    name: str
+    average_precision: str = "trec"
+    map_normalize: str = "retrieved"
+    precision_normalize: str = "k"
+    no_relevant: str = "zero"
+    average: str = "query"
+    precision_no_relevant: str | None = None
+    map_ks: tuple[int, ...] = (200,)
+    precision_ks: tuple[int, ...] = (100, 200)
+    reference: str = ""
+
+    def __post_init__(self):
+        _check_choice("average_precision", self.average_precision, AP_KINDS)
+        _check_choice("map_normalize", self.map_normalize, MAP_NORMALIZATIONS)
+        _check_choice("precision_normalize", self.precision_normalize, PRECISION_NORMALIZATIONS)
+        _check_choice("no_relevant", self.no_relevant, _NO_RELEVANT)
+        _check_choice("average", self.average, AVERAGES)
+        if self.precision_no_relevant is not None:
+            _check_choice("precision_no_relevant", self.precision_no_relevant, _NO_RELEVANT)
+        for k in (*self.map_ks, *self.precision_ks):
+            _check_k(k, "cut-off")
+
+    def with_overrides(self, **overrides: Any) -> RetrievalProtocol:
+        """A copy with the non-None ``overrides`` applied; the name records that it was changed."""
+        changed = {k: v for k, v in overrides.items() if v is not None and getattr(self, k) != v}
+        if "no_relevant" in changed and "precision_no_relevant" not in changed:
+            changed["precision_no_relevant"] = None  # an explicit no_relevant applies to both
+        if not changed:
+            return self
+        if "map_ks" in changed:
+            changed["map_ks"] = tuple(changed["map_ks"])
+        if "precision_ks" in changed:
+            changed["precision_ks"] = tuple(changed["precision_ks"])
+        label = ", ".join(f"{k}={v}" for k, v in changed.items() if k not in ("map_ks", "precision_ks") and v is not None)
+        name = f"{self.name} ({label})" if label else self.name
+        return dataclasses.replace(self, name=name, **changed)
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able description (what a result records about how it was computed)."""
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+
+
+PROTOCOLS: dict[str, RetrievalProtocol] = {
+    # Today's hf-sbir definitions (unchanged defaults): TREC AP over the whole ranking; mAP@200
+    # divided by the relevant items retrieved in the top 200 (as SEM-PCYC's, but ties broken by
+    # gallery index instead of grouped); P@k = hits@k / k; queries without relevant items count 0.
+    "textbook": RetrievalProtocol("textbook", reference="hf-sbir (TREC average precision; P@k = hits@k / k)"),
+    # SAKE (Liu et al., ICCV 2019): eval_AP_inner + VOCap + eval_precision. Its test scripts run
+    # with warnings as errors, so R = 0 makes eval_AP_inner return NaN, and np.nanmean skips it.
+    # Its scripts print per-class means; the per-query mean is what later tables (ZSE-SBIR, ...)
+    # report under "SAKE's protocol"; `average="class"` gives the per-class one (= "dsn").
+    "sake": RetrievalProtocol(
+        "sake", "voc", "min_k_relevant", "k", "exclude", "query", precision_no_relevant="zero",
+        reference="qliu24/SAKE src/test_cse_resnet_tuberlin_zeroshot.py (eval_AP_inner, VOCap, eval_precision)",
+    ),
+    # ZSE-SBIR (Lin et al., CVPR 2023): voc_eval / voc_ap (= SAKE's AP), np.nanmean over queries;
+    # precision_eval takes the top min(k, R) items and divides by min(k, R).
+    "zse_sbir": RetrievalProtocol(
+        "zse_sbir", "voc", "min_k_relevant", "hits_at_min_k_relevant", "exclude", "query",
+        reference="buptLinfy/ZSE-SBIR utils/ap.py (calculate, voc_eval, voc_ap, precision_eval)",
+    ),
+    # SEM-PCYC (Dutta & Akata, CVPR 2019): apsak = sklearn average_precision_score on each query's
+    # whole ranking (k=None) or its top k, 0 for a query with no relevant item in the list;
+    # precak/prec = hits@k / min(k, G); np.mean over queries.
+    "sem_pcyc": RetrievalProtocol(
+        "sem_pcyc", "sklearn", "retrieved", "k", "zero", "query",
+        reference="AnjanDutta/sem-pcyc src/utils.py (apsak, aps, precak, prec), src/test.py (np.mean)",
+    ),
+    # Doodle2Search (Dey et al., CVPR 2019): test.py reports sklearn average_precision_score over
+    # the whole ranking (np.mean over queries) and no mAP@200 (its mAP@200 lines are commented
+    # out); utils.prec divides hits@k by min(R, k). Their prec raises ZeroDivisionError for R = 0;
+    # such a query counts 0 here.
+    "doodle2search": RetrievalProtocol(
+        "doodle2search", "sklearn", "retrieved", "min_k_relevant", "zero", "query", map_ks=(),
+        reference="sounakdey/doodle2search src/test.py (average_precision_score, np.mean), src/utils.py (prec)",
+    ),
+    # DSN (Wang et al., IJCAI 2021): SAKE's eval_AP_inner / eval_precision, reported as the mean over
+    # classes of each class's np.nanmean.
+    "dsn": RetrievalProtocol(
+        "dsn", "voc", "min_k_relevant", "k", "exclude", "class", precision_no_relevant="zero",
+        reference="haowang1992/DSN src/test_cse_resnet_sketchy_zeroshot.py (per-class np.nanmean, then mean)",
+    ),
+    # TC-Net (Wang et al., ACM MM 2021): the same functions; evaluate_metric(top=k) gives mAP@k with
+    # min(k, R) and Prec@k, per-class np.nanmean then np.nanmean over classes.
+    "tc_net": RetrievalProtocol(
+        "tc_net", "voc", "min_k_relevant", "k", "exclude", "class", precision_no_relevant="zero",
+        reference="haowang1992/TCN util/tool.py (evaluate_metric, eval_AP_inner, VOCap, eval_precision)",
+    ),
+}
+
+
+def get_protocol(protocol: str | RetrievalProtocol) -> RetrievalProtocol:
+    """The `RetrievalProtocol` named ``protocol`` (a preset of `PROTOCOLS`), or ``protocol`` itself."""
+    if isinstance(protocol, RetrievalProtocol):
+        return protocol
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
+    return PROTOCOLS[protocol]
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,17 +289,6 @@ def encode_labels(query_labels: Any, gallery_labels: Any) -> tuple[torch.Tensor,
     q = torch.tensor([to_id[x] for x in q_list], dtype=torch.long)
     g = torch.tensor([to_id[x] for x in g_list], dtype=torch.long)
     return q, g, names
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}")
-
-
-def _check_k(k: Any, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {k!r}")
-    return k
 
 
 def exclude_indices(exclude_self: bool, num_queries: int, num_gallery: int) -> torch.Tensor | None:
@@ -211,12 +347,38 @@ def ranking_order(scores: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(keys & 0xFFFFFFFF)
 
 
+def _reverse_cummax(x: torch.Tensor) -> torch.Tensor:
+    """``out[:, i] = max(x[:, i:])`` (the VOC interpolation of a precision curve)."""
+    return torch.flip(torch.cummax(torch.flip(x, dims=[1]), dim=1).values, dims=[1])
+
+
+def _tie_group_ends(sorted_scores: torch.Tensor) -> torch.Tensor:
+    """0-based position of the last item of each item's tie group in a row sorted by score."""
+    n = sorted_scores.shape[1]
+    is_end = torch.ones_like(sorted_scores, dtype=torch.bool)
+    is_end[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
+    position = torch.arange(n, device=sorted_scores.device).expand_as(sorted_scores)
+    candidates = torch.where(is_end, position, torch.full_like(position, n))
+    return torch.flip(torch.cummin(torch.flip(candidates, dims=[1]), dim=1).values, dims=[1])
+
+
+def stat_keys(ks: Sequence[int], ap_kinds: Sequence[str] = ("trec",), r_ks: Sequence[int] = ()) -> list[str]:
+    """The per-query keys `chunk_ranking_stats` returns for these options."""
+    keys = ["num_relevant"] + [f"hits@{k}" for k in ks]
+    for kind in ap_kinds:
+        keys += [f"{kind}:ap_sum"] + [f"{kind}:ap_sum@{k}" for k in ks]
+    keys += [f"hits@min({k},R)" for k in r_ks]
+    return keys
+
+
 def chunk_ranking_stats(
     scores: torch.Tensor,
     query_ids: torch.Tensor,
     gallery_ids: torch.Tensor,
     ks: Sequence[int],
     exclude_index: torch.Tensor | None = None,
+    ap_kinds: Sequence[str] = ("trec",),
+    r_ks: Sequence[int] = (),
 ) -> dict[str, torch.Tensor]:
     """Sufficient statistics for every label metric of one chunk of queries.
 
@@ -225,11 +387,14 @@ def chunk_ranking_stats(
         query_ids: ``(c,)`` int64 labels. gallery_ids: ``(G,)`` int64 labels.
         ks: cut-offs to report (clipped to the effective gallery size).
         exclude_index: ``(c,)`` gallery index to drop from each query's gallery, or None.
+        ap_kinds: which AP precision terms to sum (`AP_KINDS`).
+        r_ks: cut-offs k for which ``hits@min(k, R)`` is needed (ZSE-SBIR's precision).
 
     Returns:
-        dict of ``(c,)`` tensors on CPU: ``num_relevant`` (R), ``ap_sum`` (sum_i P@i rel_i over the
-        whole ranking, float64), and per k ``hits@k`` and ``ap_sum@k``; plus ``gallery_size``
-        (a 0-d tensor: G, or G - 1 with an exclusion).
+        dict of ``(c,)`` CPU tensors keyed as `stat_keys` says: ``num_relevant`` (R), ``hits@k``,
+        ``<kind>:ap_sum`` (sum of the precision terms at the relevant ranks over the whole ranking,
+        float64) and ``<kind>:ap_sum@k`` (the same over the top k), ``hits@min(k,R)``; plus
+        ``gallery_size`` (a 0-d tensor: G, or G - 1 with an exclusion).
     """
     _check_finite(scores)
     if scores.dtype in (torch.float16, torch.bfloat16):
@@ -241,20 +406,60 @@ def chunk_ranking_stats(
         order = order[keep].view(scores.shape[0], num_gallery - 1)
         num_gallery -= 1
     rel = gallery_ids.to(order.device)[order] == query_ids.to(order.device)[:, None]
+    sorted_scores = scores.to(order.device).gather(1, order) if "sklearn" in ap_kinds else None
     del order
     hits = rel.cumsum(dim=1)
     ranks = torch.arange(1, num_gallery + 1, device=rel.device, dtype=torch.float64)
-    cum_prec = torch.where(rel, hits / ranks, 0.0).cumsum(dim=1)
-    out = {
-        "num_relevant": hits[:, -1].cpu(),
-        "ap_sum": cum_prec[:, -1].cpu(),
-        "gallery_size": torch.tensor(num_gallery),
-    }
-    for k in ks:
-        kk = min(k, num_gallery)
+    precision = hits / ranks  # P@i, float64
+    zero = torch.zeros((), dtype=torch.float64, device=rel.device)
+    num_relevant = hits[:, -1]
+    out: dict[str, torch.Tensor] = {"num_relevant": num_relevant.cpu(), "gallery_size": torch.tensor(num_gallery)}
+    cuts = {k: min(k, num_gallery) for k in ks}
+    for k, kk in cuts.items():
         out[f"hits@{k}"] = hits[:, kk - 1].cpu()
-        out[f"ap_sum@{k}"] = cum_prec[:, kk - 1].cpu()
+    for kind in ap_kinds:
+        if kind == "trec":
+            cum = torch.where(rel, precision, zero).cumsum(dim=1)
+            out["trec:ap_sum"] = cum[:, -1].cpu()
+            for k, kk in cuts.items():
+                out[f"trec:ap_sum@{k}"] = cum[:, kk - 1].cpu()
+            del cum
+        elif kind == "voc":
+            out["voc:ap_sum"] = torch.where(rel, _reverse_cummax(precision), zero).sum(dim=1).cpu()
+            for k, kk in cuts.items():  # interpolation within the top k only (the list is cut first)
+                top = _reverse_cummax(precision[:, :kk])
+                out[f"voc:ap_sum@{k}"] = torch.where(rel[:, :kk], top, zero).sum(dim=1).cpu()
+        elif kind == "sklearn":
+            ends = _tie_group_ends(sorted_scores)
+            out["sklearn:ap_sum"] = torch.where(rel, precision.gather(1, ends), zero).sum(dim=1).cpu()
+            for k, kk in cuts.items():  # a tie group straddling the cut ends at the cut
+                top = precision.gather(1, ends[:, :kk].clamp(max=kk - 1))
+                out[f"sklearn:ap_sum@{k}"] = torch.where(rel[:, :kk], top, zero).sum(dim=1).cpu()
+        else:
+            _check_choice("average_precision", kind, AP_KINDS)
+    for k in r_ks:
+        at = (num_relevant.clamp(max=min(k, num_gallery)) - 1).clamp(min=0)
+        out[f"hits@min({k},R)"] = torch.where(num_relevant > 0, hits.gather(1, at[:, None])[:, 0], 0).cpu()
     return out
+
+
+def merge_stats(parts: list[dict[str, torch.Tensor]], keys: Sequence[str], gallery_size: int) -> dict[str, torch.Tensor]:
+    """Concatenate the per-chunk outputs of `chunk_ranking_stats` (``keys``: see `stat_keys`)."""
+    if not parts:
+        out = {key: torch.zeros(0, dtype=torch.float64) for key in keys}
+    else:
+        out = {key: torch.cat([p[key] for p in parts]) for key in keys}
+    out["gallery_size"] = torch.tensor(gallery_size)
+    return out
+
+
+def stats_options(protocol: RetrievalProtocol, map_ks: Sequence[int], precision_ks: Sequence[int]) -> dict[str, Any]:
+    """`chunk_ranking_stats` keyword arguments (``ks``, ``ap_kinds``, ``r_ks``) that ``protocol`` needs."""
+    return {
+        "ks": sorted(set(map_ks) | set(precision_ks)),
+        "ap_kinds": (protocol.average_precision,),
+        "r_ks": tuple(precision_ks) if protocol.precision_normalize == "hits_at_min_k_relevant" else (),
+    }
 
 
 def ranking_stats(
@@ -264,6 +469,8 @@ def ranking_stats(
     ks: Sequence[int],
     exclude_self: bool = False,
     chunk_size: int | None = None,
+    ap_kinds: Sequence[str] = ("trec",),
+    r_ks: Sequence[int] = (),
 ) -> dict[str, torch.Tensor]:
     """`chunk_ranking_stats` over all queries of ``scores``, ``chunk_size`` queries at a time."""
     scores = _as_scores(scores)
@@ -284,20 +491,11 @@ def ranking_stats(
                 gallery_ids,
                 ks,
                 None if exclude is None else exclude[start:stop],
+                ap_kinds=ap_kinds,
+                r_ks=r_ks,
             )
         )
-    return merge_stats(parts, ks, num_gallery - (1 if exclude_self else 0))
-
-
-def merge_stats(parts: list[dict[str, torch.Tensor]], ks: Sequence[int], gallery_size: int) -> dict[str, torch.Tensor]:
-    """Concatenate the per-chunk outputs of `chunk_ranking_stats`."""
-    keys = ["num_relevant", "ap_sum"] + [f"{p}@{k}" for k in ks for p in ("hits", "ap_sum")]
-    if not parts:
-        out = {key: torch.zeros(0, dtype=torch.float64) for key in keys}
-    else:
-        out = {key: torch.cat([p[key] for p in parts]) for key in keys}
-    out["gallery_size"] = torch.tensor(gallery_size)
-    return out
+    return merge_stats(parts, stat_keys(ks, ap_kinds, r_ks), num_gallery - (1 if exclude_self else 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,15 +512,15 @@ def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def average_precision_from_stats(
-    stats: dict[str, torch.Tensor], k: int | None, normalize: str, no_relevant: str
+    stats: dict[str, torch.Tensor], k: int | None, normalize: str, no_relevant: str, kind: str = "trec"
 ) -> torch.Tensor:
     """Per-query AP (float64, ``(Q,)``) from `ranking_stats` output; see the module docstring."""
     r = stats["num_relevant"]
     if k is None:
-        ap = _safe_div(stats["ap_sum"], r)
+        ap = _safe_div(stats[f"{kind}:ap_sum"], r)
     else:
         kk = min(k, int(stats["gallery_size"]))
-        total = stats[f"ap_sum@{k}"]
+        total = stats[f"{kind}:ap_sum@{k}"]
         if normalize == "retrieved":
             ap = _safe_div(total, stats[f"hits@{k}"])
         elif normalize == "min_k_relevant":
@@ -336,11 +534,12 @@ def precision_from_stats(stats: dict[str, torch.Tensor], k: int, normalize: str,
     """Per-query P@k (float64, ``(Q,)``) from `ranking_stats` output; see the module docstring."""
     r = stats["num_relevant"]
     kk = min(k, int(stats["gallery_size"]))
-    hits = stats[f"hits@{k}"]
     if normalize == "k":
-        p = hits.to(torch.float64) / kk
+        p = stats[f"hits@{k}"].to(torch.float64) / kk
+    elif normalize == "min_k_relevant":
+        p = _safe_div(stats[f"hits@{k}"], r.clamp(max=kk))
     else:
-        p = _safe_div(hits, r.clamp(max=kk))
+        p = _safe_div(stats[f"hits@min({k},R)"], r.clamp(max=kk))
     return _apply_no_relevant(p, r, no_relevant)
 
 
@@ -352,6 +551,38 @@ def _reduce(values: torch.Tensor, reduction: str) -> float | torch.Tensor:
     return float(torch.nanmean(values))
 
 
+def _average(values: torch.Tensor, query_ids: torch.Tensor, average: str) -> float:
+    """Mean over queries (NaN skipped), or over query classes of each class's mean (DSN / TC-Net)."""
+    if average == "query":
+        return _reduce(values, "mean")
+    means = torch.tensor([_reduce(values[query_ids == c], "mean") for c in torch.unique(query_ids).tolist()], dtype=torch.float64)
+    return _reduce(means, "mean")
+
+
+def _resolve(
+    protocol: str | RetrievalProtocol,
+    *,
+    map_normalize: str | None = None,
+    precision_normalize: str | None = None,
+    no_relevant: str | None = None,
+    average: str | None = None,
+    map_ks: Sequence[int] | None = None,
+    precision_ks: Sequence[int] | None = None,
+) -> RetrievalProtocol:
+    if map_ks is not None:
+        map_ks = [_check_k(k, "map_ks") for k in map_ks]
+    if precision_ks is not None:
+        precision_ks = [_check_k(k, "precision_ks") for k in precision_ks]
+    return get_protocol(protocol).with_overrides(
+        map_normalize=map_normalize,
+        precision_normalize=precision_normalize,
+        no_relevant=no_relevant,
+        average=average,
+        map_ks=map_ks,
+        precision_ks=precision_ks,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # public functions
 # --------------------------------------------------------------------------------------------
@@ -361,8 +592,10 @@ def mean_average_precision(
     gallery_labels: Any,
     k: int | None = None,
     *,
-    normalize: MapNormalize = "retrieved",
-    no_relevant: NoRelevant = "zero",
+    protocol: str | RetrievalProtocol = "textbook",
+    normalize: MapNormalize | None = None,
+    no_relevant: NoRelevant | None = None,
+    average: str | None = None,
     exclude_self: bool = False,
     reduction: Literal["mean", "none"] = "mean",
     chunk_size: int | None = None,
@@ -372,27 +605,30 @@ def mean_average_precision(
     Args:
         scores: ``(Q, G)`` similarities, higher = better.
         query_labels: ``(Q,)`` class of each query. gallery_labels: ``(G,)`` class of each item.
-        k: cut-off; ``None`` (default) = the whole ranking, i.e. textbook ``AP = (1/R) sum P@i rel_i``.
-            Clipped to the gallery size.
-        normalize: the AP@k normaliser (ignored when ``k is None``): ``"retrieved"`` (default,
-            divide by the number of relevant items in the top k -- the SEM-PCYC convention behind
-            most published zero-shot SBIR mAP@200), ``"min_k_relevant"`` (divide by ``min(k, R)``)
-            or ``"total_relevant"`` (divide by ``R``).
-        no_relevant: ``"zero"`` (default; a query whose class is absent from the gallery scores 0
+        k: cut-off; ``None`` (default) = the whole ranking. Clipped to the gallery size.
+        protocol: a preset of `PROTOCOLS` (default ``"textbook"``: TREC AP, mAP@k divided by the
+            relevant items retrieved) or a `RetrievalProtocol`; sets every option below.
+        normalize: override the protocol's AP@k normaliser (``"retrieved"``, ``"min_k_relevant"``,
+            ``"total_relevant"``; ignored when ``k is None``).
+        no_relevant: override: ``"zero"`` (a query whose class is absent from the gallery scores 0
             and counts in the mean) or ``"exclude"`` (left out of the mean; NaN per query).
+        average: override: ``"query"`` or ``"class"`` (mean of per-class means).
         exclude_self: queries and gallery are the same set; drop query i from its own gallery.
         reduction: ``"mean"`` (a float) or ``"none"`` (a float64 ``(Q,)`` tensor of per-query AP).
         chunk_size: queries ranked at a time (default: about 4M score entries per chunk).
 
     Ties are broken by gallery index (ascending) -- see the module docstring.
     """
-    _check_choice("normalize", normalize, MAP_NORMALIZATIONS)
-    _check_choice("no_relevant", no_relevant, _NO_RELEVANT)
+    if normalize is not None:
+        _check_choice("normalize", normalize, MAP_NORMALIZATIONS)
+    proto = _resolve(protocol, map_normalize=normalize, no_relevant=no_relevant, average=average)
     _check_choice("reduction", reduction, ("mean", "none"))
     ks = [] if k is None else [_check_k(k)]
     q, g, _ = encode_labels(query_labels, gallery_labels)
-    stats = ranking_stats(scores, q, g, ks, exclude_self=exclude_self, chunk_size=chunk_size)
-    return _reduce(average_precision_from_stats(stats, k, normalize, no_relevant), reduction)
+    kind = proto.average_precision
+    stats = ranking_stats(scores, q, g, ks, exclude_self=exclude_self, chunk_size=chunk_size, ap_kinds=(kind,))
+    values = average_precision_from_stats(stats, k, proto.map_normalize, proto.no_relevant, kind)
+    return values if reduction == "none" else _average(values, q, proto.average)
 
 
 def precision_at_k(
@@ -401,26 +637,32 @@ def precision_at_k(
     gallery_labels: Any,
     k: int,
     *,
-    normalize: PrecisionNormalize = "k",
-    no_relevant: NoRelevant = "zero",
+    protocol: str | RetrievalProtocol = "textbook",
+    normalize: PrecisionNormalize | None = None,
+    no_relevant: NoRelevant | None = None,
+    average: str | None = None,
     exclude_self: bool = False,
     reduction: Literal["mean", "none"] = "mean",
     chunk_size: int | None = None,
 ) -> float | torch.Tensor:
     """Mean precision at k of a category-level retrieval.
 
-    ``P@k = (relevant items in the top k) / k`` (``normalize="k"``, default, textbook); the named
-    variant ``normalize="min_k_relevant"`` divides by ``min(k, R)`` instead. When the gallery has
-    fewer than k items, k is clipped to the gallery size ``G`` (so P@k = hits@G / G). Other
+    ``P@k = (relevant items in the top k) / k`` under the default ``"textbook"`` protocol; the
+    protocol (or ``normalize=``) picks ``hits@k / min(k, R)`` (``"min_k_relevant"``,
+    Doodle2Search) or ``hits@min(k, R) / min(k, R)`` (``"hits_at_min_k_relevant"``, ZSE-SBIR).
+    When the gallery has fewer than k items, k is clipped to the gallery size ``G``. Other
     arguments as in `mean_average_precision`; ties are broken by gallery index (ascending).
     """
-    _check_choice("normalize", normalize, PRECISION_NORMALIZATIONS)
-    _check_choice("no_relevant", no_relevant, _NO_RELEVANT)
+    if normalize is not None:
+        _check_choice("normalize", normalize, PRECISION_NORMALIZATIONS)
+    proto = _resolve(protocol, precision_normalize=normalize, no_relevant=no_relevant, average=average)
     _check_choice("reduction", reduction, ("mean", "none"))
     k = _check_k(k)
     q, g, _ = encode_labels(query_labels, gallery_labels)
-    stats = ranking_stats(scores, q, g, [k], exclude_self=exclude_self, chunk_size=chunk_size)
-    return _reduce(precision_from_stats(stats, k, normalize, no_relevant), reduction)
+    r_ks = (k,) if proto.precision_normalize == "hits_at_min_k_relevant" else ()
+    stats = ranking_stats(scores, q, g, [k], exclude_self=exclude_self, chunk_size=chunk_size, ap_kinds=(), r_ks=r_ks)
+    values = precision_from_stats(stats, k, proto.precision_normalize, proto.precision_no_relevant or proto.no_relevant)
+    return values if reduction == "none" else _average(values, q, proto.average)
 
 
 def chunk_target_ranks(
@@ -491,38 +733,26 @@ def accuracy_at_k(
     return _reduce((ranks < k).to(torch.float64), reduction)
 
 
-def check_metric_options(
-    map_ks: Sequence[int], precision_ks: Sequence[int], map_normalize: str, precision_normalize: str, no_relevant: str
-) -> tuple[list[int], list[int]]:
-    """Validate the options of `retrieval_metrics`; returns the cut-offs as lists."""
-    _check_choice("map_normalize", map_normalize, MAP_NORMALIZATIONS)
-    _check_choice("precision_normalize", precision_normalize, PRECISION_NORMALIZATIONS)
-    _check_choice("no_relevant", no_relevant, _NO_RELEVANT)
-    return [_check_k(k, "map_ks") for k in map_ks], [_check_k(k, "precision_ks") for k in precision_ks]
-
-
 def summarize_stats(
     stats: dict[str, torch.Tensor],
     query_ids: torch.Tensor,
     gallery_ids: torch.Tensor,
     names: list | None,
-    map_ks: Sequence[int],
-    precision_ks: Sequence[int],
-    map_normalize: str,
-    precision_normalize: str,
-    no_relevant: str,
-    per_class: bool,
+    protocol: RetrievalProtocol,
+    per_class: bool = True,
 ) -> dict[str, Any]:
-    """The `retrieval_metrics` dict from `ranking_stats` output (shared with `evaluate_retrieval`)."""
-    per_query = {"map@all": average_precision_from_stats(stats, None, map_normalize, no_relevant)}
-    for k in map_ks:
-        per_query[f"map@{k}"] = average_precision_from_stats(stats, k, map_normalize, no_relevant)
-    for k in precision_ks:
-        per_query[f"p@{k}"] = precision_from_stats(stats, k, precision_normalize, no_relevant)
-    result: dict[str, Any] = {name: _reduce(values, "mean") for name, values in per_query.items()}
+    """The `retrieval_metrics` dict from `ranking_stats` output (shared with `hf_sbir.retrieval`)."""
+    kind = protocol.average_precision
+    per_query = {"map@all": average_precision_from_stats(stats, None, protocol.map_normalize, protocol.no_relevant, kind)}
+    for k in protocol.map_ks:
+        per_query[f"map@{k}"] = average_precision_from_stats(stats, k, protocol.map_normalize, protocol.no_relevant, kind)
+    for k in protocol.precision_ks:
+        per_query[f"p@{k}"] = precision_from_stats(stats, k, protocol.precision_normalize, protocol.precision_no_relevant or protocol.no_relevant)
+    result: dict[str, Any] = {name: _average(values, query_ids, protocol.average) for name, values in per_query.items()}
+    result["protocol"] = protocol.name
     result["num_queries"] = int(query_ids.numel())
-    result["num_gallery"] = int(gallery_ids.numel())
-    if no_relevant == "exclude":
+    result["num_gallery"] = int(stats["gallery_size"])
+    if "exclude" in (protocol.no_relevant, protocol.precision_no_relevant):
         result["num_excluded_queries"] = int((stats["num_relevant"] == 0).sum())
     if per_class:
         rows = []
@@ -544,33 +774,48 @@ def retrieval_metrics(
     scores: Any,
     query_labels: Any,
     gallery_labels: Any,
-    map_ks: Sequence[int] = (200,),
-    precision_ks: Sequence[int] = (100, 200),
+    map_ks: Sequence[int] | None = None,
+    precision_ks: Sequence[int] | None = None,
     *,
-    map_normalize: MapNormalize = "retrieved",
-    precision_normalize: PrecisionNormalize = "k",
-    no_relevant: NoRelevant = "zero",
+    protocol: str | RetrievalProtocol = "textbook",
+    map_normalize: MapNormalize | None = None,
+    precision_normalize: PrecisionNormalize | None = None,
+    no_relevant: NoRelevant | None = None,
+    average: Literal["query", "class"] | None = None,
     exclude_self: bool = False,
     per_class: bool = True,
     chunk_size: int | None = None,
 ) -> dict[str, Any]:
-    """Every category-level metric from one ranking pass.
+    """Every category-level metric of one evaluation protocol, from one ranking pass.
 
-    Returns a dict with ``"map@all"``, ``"map@{k}"`` for each ``map_ks``, ``"p@{k}"`` for each
-    ``precision_ks`` (floats), ``"num_queries"``, ``"num_gallery"`` (and ``"num_excluded_queries"``
-    when ``no_relevant="exclude"``), and, with ``per_class=True``, ``"per_class"``: a list of
-    dicts, one per query class (sorted), with ``label``, ``num_queries``, ``num_gallery_relevant``
-    and the same metric keys averaged over that class's queries. Defaults give the zero-shot SBIR
-    set: mAP@all, mAP@200, P@100, P@200. Arguments as in `mean_average_precision` /
-    `precision_at_k`.
+    Args:
+        scores: ``(Q, G)`` similarities (higher = better). query_labels / gallery_labels: classes.
+        map_ks / precision_ks: cut-offs (default: the protocol's -- mAP@200, P@100, P@200 for all
+            presets but ``"doodle2search"``, which has no mAP@200).
+        protocol: ``"textbook"`` (default), ``"sake"``, ``"zse_sbir"``, ``"sem_pcyc"``,
+            ``"doodle2search"``, ``"dsn"``, ``"tc_net"`` (see `PROTOCOLS`: each reproduces the numbers
+            of the evaluation code it names) or a `RetrievalProtocol`.
+        map_normalize / precision_normalize / no_relevant: override the protocol's choice.
+        average: ``"query"`` (per-query mean) or ``"class"`` (mean of the per-class means reported
+            by DSN and TC-Net); default: the protocol's.
+        exclude_self: queries and gallery are the same set (drop each query from its gallery).
+        per_class: also return one row per query class.
+        chunk_size: queries ranked at a time.
+
+    Returns:
+        ``{"map@all", "map@{k}" ..., "p@{k}" ..., "protocol", "num_queries", "num_gallery"}`` (floats
+        in [0, 1]; ``"num_excluded_queries"`` when the protocol excludes queries without relevant
+        items) and, with ``per_class=True``, ``"per_class"``: one dict per query class (sorted) with
+        ``label``, ``num_queries``, ``num_gallery_relevant`` and the metrics over that class's queries.
     """
-    map_ks, precision_ks = check_metric_options(map_ks, precision_ks, map_normalize, precision_normalize, no_relevant)
-    q, g, names = encode_labels(query_labels, gallery_labels)
-    ks = sorted(set(map_ks) | set(precision_ks))
-    stats = ranking_stats(scores, q, g, ks, exclude_self=exclude_self, chunk_size=chunk_size)
-    return summarize_stats(
-        stats, q, g, names, map_ks, precision_ks, map_normalize, precision_normalize, no_relevant, per_class
+    proto = _resolve(
+        protocol, map_normalize=map_normalize, precision_normalize=precision_normalize, no_relevant=no_relevant,
+        average=average, map_ks=map_ks, precision_ks=precision_ks,
     )
+    q, g, names = encode_labels(query_labels, gallery_labels)
+    options = stats_options(proto, proto.map_ks, proto.precision_ks)
+    stats = ranking_stats(scores, q, g, exclude_self=exclude_self, chunk_size=chunk_size, **options)
+    return summarize_stats(stats, q, g, names, proto, per_class)
 
 
 def instance_metrics(

@@ -23,12 +23,13 @@ _DESCRIPTION = """\
 Mean average precision of a category-level retrieval (e.g. zero-shot sketch-based image retrieval).
 Each prediction is one query's row of similarities to every gallery item (higher = better); the
 reference is the query's class. A gallery item is relevant when its class equals the query's.
-Ties are broken by gallery index (ascending). `k=None` gives textbook mAP@all,
-AP = (1/R) sum_i P@i rel_i with R the relevant items in the gallery. For mAP@k the default
-normaliser is the number of relevant items retrieved in the top k (`normalize="retrieved"`, the
-SEM-PCYC / zero-shot SBIR convention for mAP@200); `"min_k_relevant"` divides by min(k, R) and
-`"total_relevant"` by R. A query whose class is absent from the gallery scores 0
-(`no_relevant="zero"`) or is left out (`no_relevant="exclude"`).
+Ties are broken by gallery index (ascending). `protocol=` picks how AP is computed, so that the
+number is the one a published evaluation code reports on the same scores: "textbook" (default:
+TREC AP = (1/R) sum_i P@i rel_i over the whole ranking; for mAP@k divided by the relevant items
+retrieved in the top k), "sake" / "zse_sbir" / "dsn" / "tc_net" (VOC-interpolated AP; mAP@k divided
+by min(k, R); queries without relevant items left out), "sem_pcyc" / "doodle2search"
+(`sklearn.metrics.average_precision_score`, ties grouped). See `hf_sbir.metrics.PROTOCOLS` for the
+repository and file each preset reproduces. `normalize=` and `no_relevant=` override the preset.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -37,8 +38,10 @@ Args:
     references (`list` of `int`): the class of each query.
     gallery_labels (`list` of `int`): the class of each of the G gallery items (required).
     k (`int`, *optional*): cut-off; None (default) = whole ranking. Clipped to G.
-    normalize (`str`): "retrieved" (default), "min_k_relevant" or "total_relevant" (AP@k only).
-    no_relevant (`str`): "zero" (default) or "exclude".
+    protocol (`str`): "textbook" (default), "sake", "zse_sbir", "sem_pcyc", "doodle2search", "dsn", "tc_net".
+    normalize (`str`, *optional*): override the protocol's AP@k normaliser: "retrieved",
+        "min_k_relevant" or "total_relevant".
+    no_relevant (`str`, *optional*): override: "zero" or "exclude".
     exclude_self (`bool`): queries and gallery are the same set; drop each query from its own gallery.
 Returns:
     `{"map@all": float}` when k is None, else `{"map@<k>": float}`.
@@ -72,8 +75,9 @@ class SbirMap(evaluate.Metric):
         references,
         gallery_labels=None,
         k=None,
-        normalize="retrieved",
-        no_relevant="zero",
+        protocol="textbook",
+        normalize=None,
+        no_relevant=None,
         exclude_self=False,
     ):
         if gallery_labels is None:
@@ -84,6 +88,7 @@ class SbirMap(evaluate.Metric):
             np.asarray(references, dtype=np.int64),
             np.asarray(gallery_labels, dtype=np.int64),
             k=k,
+            protocol=protocol,
             normalize=normalize,
             no_relevant=no_relevant,
             exclude_self=exclude_self,

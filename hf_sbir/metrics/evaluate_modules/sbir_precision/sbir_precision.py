@@ -23,8 +23,10 @@ _DESCRIPTION = """\
 Precision at k of a category-level retrieval (e.g. zero-shot sketch-based image retrieval): the
 share of the top k gallery items that have the query's class, averaged over queries. Each
 prediction is one query's row of similarities to every gallery item (higher = better); ties are
-broken by gallery index (ascending). `normalize="k"` (default, textbook) divides by k;
-`"min_k_relevant"` divides by min(k, R). k larger than the gallery is clipped to the gallery size.
+broken by gallery index (ascending). k larger than the gallery is clipped to the gallery size.
+`protocol=` picks the definition a published evaluation code uses: "textbook" (default), "sake",
+"sem_pcyc", "dsn", "tc_net": hits@k / k; "doodle2search": hits@k / min(k, R); "zse_sbir":
+hits@min(k, R) / min(k, R). See `hf_sbir.metrics.PROTOCOLS`. `normalize=` overrides the preset.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -33,8 +35,10 @@ Args:
     references (`list` of `int`): the class of each query.
     gallery_labels (`list` of `int`): the class of each of the G gallery items (required).
     k (`int`): cut-off (default 100).
-    normalize (`str`): "k" (default) or "min_k_relevant".
-    no_relevant (`str`): "zero" (default) or "exclude" (queries whose class is absent from the gallery).
+    protocol (`str`): "textbook" (default), "sake", "zse_sbir", "sem_pcyc", "doodle2search", "dsn", "tc_net".
+    normalize (`str`, *optional*): override: "k", "min_k_relevant" or "hits_at_min_k_relevant".
+    no_relevant (`str`, *optional*): override: "zero" or "exclude" (queries whose class is absent
+        from the gallery).
     exclude_self (`bool`): queries and gallery are the same set; drop each query from its own gallery.
 Returns:
     `{"p@<k>": float}`
@@ -68,8 +72,9 @@ class SbirPrecision(evaluate.Metric):
         references,
         gallery_labels=None,
         k=100,
-        normalize="k",
-        no_relevant="zero",
+        protocol="textbook",
+        normalize=None,
+        no_relevant=None,
         exclude_self=False,
     ):
         if gallery_labels is None:
@@ -80,6 +85,7 @@ class SbirPrecision(evaluate.Metric):
             np.asarray(references, dtype=np.int64),
             np.asarray(gallery_labels, dtype=np.int64),
             k=k,
+            protocol=protocol,
             normalize=normalize,
             no_relevant=no_relevant,
             exclude_self=exclude_self,
