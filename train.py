@@ -19,7 +19,7 @@ import sys
 from hf_sbir.training import config_from_args, train
 from hf_sbir.training.checkpointing import CheckpointError, ResumeMismatchError
 from hf_sbir.training.config import ConfigError
-from hf_sbir.training.evaluation import format_metric_table
+from hf_sbir.retrieval.evaluation import format_metric_table
 from hf_sbir.training.model_card import format_layer_sweep
 
 

@@ -79,7 +79,7 @@ def evaluate_untrained(cfg) -> dict:
     """The packaged backbone before any SBIR training, with the seed's (random) hybrid projection."""
     from transformers import set_seed
 
-    from hf_sbir.training.evaluation import BackboneFeatureModel
+    from hf_sbir.retrieval.evaluation import BackboneFeatureModel
     from hf_sbir.training.methods import get_method_class
 
     set_seed(cfg.seed)

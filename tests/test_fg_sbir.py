@@ -28,7 +28,8 @@ from hf_sbir.losses.fg_sbir import (
 from hf_sbir.models.fg_sbir import FGSBIRConfig, FGSBIRModel
 from hf_sbir.training import TrainConfig
 from hf_sbir.training.methods import get_method_class
-from hf_sbir.training.methods.fg_sbir import ModelEMA, fine_grained_accuracy, structural_augment
+from hf_sbir.retrieval.evaluation import fine_grained_accuracy
+from hf_sbir.training.methods.fg_sbir import ModelEMA, structural_augment
 
 
 def tiny_pvt_config(**overrides):

@@ -16,12 +16,11 @@ from hf_sbir.models.shape_views import (
     ShapeViewsConfig,
     ShapeViewsImageTransform,
     ShapeViewsModel,
-    evaluate_instance_retrieval,
     make_shape,
     render_shape_view,
-    sweep_layers,
     synthesize_sketch,
 )
+from hf_sbir.retrieval.evaluation import evaluate_instance_retrieval, sweep_layers
 
 from conftest import tiny_vit_config
 

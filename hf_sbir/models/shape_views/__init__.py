@@ -1,8 +1,9 @@
 """Zero-shot 3D-shape sketch-view similarity (arXiv 2306.08541): layer-selectable encoder features,
-scale normalisation, synthetic sketches and a procedural renderer, and a per-layer evaluation.
+scale normalisation, synthetic sketches and a procedural renderer. Its per-layer evaluation
+(`sweep_layers`, `LayerSweep`) lives in the evaluation engine, `hf_sbir.retrieval.evaluation`.
 
-The config and model are imported at once (they register with the Auto classes); the processing,
-synthetic-sketch and evaluation helpers load on first use, so `import hf_sbir` stays light."""
+The config and model are imported at once (they register with the Auto classes); the processing
+and synthetic-sketch helpers load on first use, so `import hf_sbir` stays light."""
 
 from importlib import import_module
 
@@ -12,10 +13,6 @@ from hf_sbir.models.shape_views.modeling_shape_views import ShapeViewsModel, Sha
 _LAZY = {
     "ScaleNormalize": "processing_shape_views",
     "ShapeViewsImageTransform": "processing_shape_views",
-    "LayerSweep": "evaluation_shape_views",
-    "embed_all_layers": "evaluation_shape_views",
-    "evaluate_instance_retrieval": "evaluation_shape_views",
-    "sweep_layers": "evaluation_shape_views",
     "SHAPE_CLASSES": "synthetic_sketch",
     "SKETCH_STYLES": "synthetic_sketch",
     "SyntheticSketchGenerator": "synthetic_sketch",

@@ -30,7 +30,6 @@ from pydantic import field_validator
 
 from hf_sbir.models.adapt_align.configuration_adapt_align import AdaptAlignConfig
 from hf_sbir.training.config import ConfigError
-from hf_sbir.training.evaluation import evaluate_zero_shot
 from hf_sbir.training.method import TrainingMethod
 from hf_sbir.training.method_settings import MethodSettings
 
@@ -246,7 +245,11 @@ class AdaptAlignMethod(TrainingMethod):
         return losses.total, logs
 
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate(self, model, data, transform):
+    def evaluate(self, model, data, transform, protocol=None):
+        """Zero-shot retrieval on the unseen classes: `metrics` under the textbook protocol, `by_protocol`
+        also under SAKE's (`hf_sbir.retrieval.evaluation.TRAINING_PROTOCOLS`), from one embedding pass."""
+        from hf_sbir.retrieval.evaluation import TRAINING_PROTOCOLS, evaluate_zero_shot
+
         return evaluate_zero_shot(
             model,
             data,
@@ -255,7 +258,8 @@ class AdaptAlignMethod(TrainingMethod):
             max_queries=self._arg("max_eval_queries"),
             seed=self._arg("seed", 0),
             progress=self._arg("progress", True),
-        )
+            protocol=protocol or TRAINING_PROTOCOLS,
+        ).to_dict()
 
     def state_dict(self):
         # Batches depend on (seed, step) only; the sampler state is recorded for inspection.

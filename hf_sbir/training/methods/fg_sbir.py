@@ -99,8 +99,6 @@ class FGSBIRSettings(MethodSettings):
     use_distillation_token: Optional[bool] = None
 
 
-KS = (1, 5, 10)
-
 
 # -- EMA (eq. 4) --------------------------------------------------------------------------------------
 class ModelEMA:
@@ -188,47 +186,6 @@ def structural_augment(
     ox, oy = cx + tx, cy + ty
     coefficients = (ia, ib, cx - ia * ox - ib * oy, ic, id_, cy - ic * ox - id_ * oy)
     return img.transform((width, height), Image.Transform.AFFINE, coefficients, resample=Image.Resampling.BILINEAR, fillcolor=fill)
-
-
-# -- fine-grained evaluation (Acc@q) ----------------------------------------------------------------
-def fine_grained_accuracy(sketch_embeddings: torch.Tensor, photo_embeddings: torch.Tensor, target_index, ks=KS) -> dict[str, float]:
-    """Acc@q: the share of sketches whose paired photo (`target_index[i]`, a gallery index) ranks in the top q of
-    the cosine scores; ties go against the target (`hf_sbir.metrics.accuracy_at_k`)."""
-    from hf_sbir.metrics import accuracy_at_k
-
-    scores = sketch_embeddings @ photo_embeddings.T
-    return {f"acc@{k}": float(accuracy_at_k(scores, target_index, k)) for k in ks}
-
-
-def evaluate_fine_grained(
-    model: nn.Module,
-    dataset,
-    transform,
-    batch_size: int = 32,
-    max_queries: int | None = None,
-    seed: int = 0,
-    progress: bool = False,
-    ks=KS,
-) -> dict[str, Any]:
-    """Acc@1/5/10 of `model` on one fine-grained split (sketches query, every photo of the split is the gallery).
-
-    Returns {"task", "metrics": {"acc@1", "acc@5", "acc@10"}, "per_class": [], "num_queries", "num_gallery"}."""
-    from hf_sbir.data.fg_paired import fine_grained_split
-    from hf_sbir.retrieval import embed_images
-
-    sketches, photos, targets = fine_grained_split(dataset)
-    if max_queries is not None and len(sketches) > max_queries:
-        keep = sorted(random.Random(seed).sample(range(len(sketches)), max_queries))
-        sketches, targets = sketches.select(keep), [targets[i] for i in keep]
-    q = embed_images(model, sketches, transform, "sketch", batch_size=batch_size, progress=progress, desc="embed sketches")
-    g = embed_images(model, photos, transform, "photo", batch_size=batch_size, progress=progress, desc="embed photos")
-    return {
-        "task": "fine-grained sketch->photo retrieval (Acc@q: share of sketches whose paired photo is in the top q)",
-        "metrics": fine_grained_accuracy(q, g, targets, ks),
-        "per_class": [],
-        "num_queries": len(sketches),
-        "num_gallery": len(photos),
-    }
 
 
 # -- teacher stage ------------------------------------------------------------------------------------
@@ -531,10 +488,12 @@ class FGSBIRMethod(TrainingMethod):
         data = self._paired(data)
         if "test" not in data:
             raise ValueError("The fine-grained dataset has no 'test' split to evaluate on.")
+        from hf_sbir.retrieval.evaluation import evaluate_fine_grained
+
         return evaluate_fine_grained(
             model, data["test"], transform, batch_size=self.args.eval_batch_size,
             max_queries=self.args.max_eval_queries, seed=self.args.seed, progress=self.args.progress,
-        )
+        ).to_dict()
 
     def model_to_save(self, model):
         return self.ema.model if self.ema is not None else model
@@ -561,8 +520,6 @@ def image_processor_for_fg_backbone(backbone_config, image_size: int | None = No
 __all__ = [
     "FGSBIRMethod",
     "ModelEMA",
-    "evaluate_fine_grained",
-    "fine_grained_accuracy",
     "image_processor_for_fg_backbone",
     "structural_augment",
     "train_photo_teacher",

@@ -357,14 +357,14 @@ class ShapeViewsMethod(TrainingMethod):
         return list(queries["image"]), gallery, torch.tensor(target), classes
 
     def evaluate(self, model, data, transform):
-        from hf_sbir.metrics import instance_metrics
-        from hf_sbir.models.shape_views.evaluation_shape_views import embed_all_layers
+        """Instance-level sketch -> view Acc@1/5 at the model's feature layer (per test class too) and,
+        with `sweep_layers`, at every layer from the same forward passes (`per_layer`, `best_layer`)."""
+        from hf_sbir.retrieval.evaluation import embed_all_layers, evaluate_layers
 
         model = _unwrap(model)
         if self._eval_set is None:
             self._eval_set = self._procedural_eval_set() if self.settings["source"] == "procedural" else self._dataset_eval_set(data)
         queries, gallery, target, classes = self._eval_set
-        layer = model.config.feature_layer
         device = next(model.parameters()).device
         batch_size = self.args.eval_batch_size
         was_training = model.training
@@ -374,30 +374,9 @@ class ShapeViewsMethod(TrainingMethod):
             g = embed_all_layers(model, gallery, transform, "view", batch_size, device, None)
         finally:
             model.train(was_training)
-        metrics = instance_metrics(q[layer] @ g[layer].T, target, ks=(1, 5))
-        result: dict[str, Any] = {
-            "task": "instance-level sketch->view retrieval (unseen shape classes)",
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "feature_layer": layer,
-            "num_queries": int(target.numel()),
-            "num_gallery": len(gallery),
-        }
-        ranks_scores = q[layer] @ g[layer].T
-        per_class = []
-        for name in sorted(set(classes)):
-            rows = torch.tensor([k for k, c in enumerate(classes) if c == name])
-            row = instance_metrics(ranks_scores[rows], target[rows], ks=(1, 5))
-            per_class.append({"label": name, "num_queries": int(rows.numel()), **{k: float(v) for k, v in row.items()}})
-        result["per_class"] = per_class
-        if self.settings["sweep_layers"]:
-            per_layer = {
-                str(i): {k: float(v) for k, v in instance_metrics(q[i] @ g[i].T, target, ks=(1, 5)).items()}
-                for i in range(len(q))
-                if q[i] is not None
-            }
-            result["per_layer"] = per_layer
-            result["best_layer"] = int(max(per_layer, key=lambda i: (per_layer[i]["acc@1"], -int(i))))
-        return result
+        return evaluate_layers(
+            q, g, target, model.config.feature_layer, query_classes=classes, ks=(1, 5), sweep=bool(self.settings["sweep_layers"]),
+        ).to_dict()
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # batches are a pure function of (seed, step)

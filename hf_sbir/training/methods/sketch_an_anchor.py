@@ -20,7 +20,6 @@ import torch
 from pydantic import AliasChoices, Field
 
 from hf_sbir.models.sketch_an_anchor.configuration_sketch_an_anchor import SketchAnAnchorConfig
-from hf_sbir.training.evaluation import evaluate_zero_shot
 from hf_sbir.training.method import TrainingMethod
 from hf_sbir.training.method_settings import MethodSettings
 
@@ -233,11 +232,16 @@ class SketchAnAnchorMethod(TrainingMethod):
         return losses.total, losses.as_floats()
 
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate(self, model, data, transform):
+    def evaluate(self, model, data, transform, protocol=None):
+        """Zero-shot retrieval on the unseen classes: `metrics` under the textbook protocol, `by_protocol`
+        also under SAKE's (`hf_sbir.retrieval.evaluation.TRAINING_PROTOCOLS`), from one embedding pass."""
+        from hf_sbir.retrieval.evaluation import TRAINING_PROTOCOLS, evaluate_zero_shot
+
         return evaluate_zero_shot(
             model, data, transform, batch_size=self.args.eval_batch_size,
             max_queries=self.args.max_eval_queries, seed=self.args.seed, progress=self.args.progress,
-        )
+            protocol=protocol or TRAINING_PROTOCOLS,
+        ).to_dict()
 
     def state_dict(self):
         return {"sampler": self.sampler.state_dict() if self.sampler is not None else None}
