@@ -95,3 +95,44 @@ def test_preprocessing_study_leaves_the_recorded_settings_alone(tmp_path, monkey
     assert studied == [(True, 0), (True, 1), (True, 2), (False, 0), (False, 1), (False, 2)]
     recorded = json.loads((tmp_path / "results.json").read_text())["args"]
     assert (recorded["sketch_ink_crop"], recorded["sketch_stroke_width"]) == (True, 1)
+
+
+def test_both_protocols_are_recorded_and_tabled(tmp_path):
+    ablation = _ablation_module()
+    assert ablation.PROTOCOLS == ("textbook", "sake")
+    from hf_sbir.retrieval.evaluation import TRAINING_PROTOCOLS
+
+    assert ablation.PROTOCOLS == TRAINING_PROTOCOLS  # what every training run's evaluation records
+    argv = ["--seeds", "0", "--variants", "untrained", "infonce", "--output_dir", str(tmp_path)]
+    args = ablation.parse_args(argv)
+    for variant, name in (("untrained", "eval.json"), ("infonce", "eval_after.json")):
+        cfg = ablation.base_config(args, 0, variant)
+        textbook, sake = {k: 0.25 for k in ablation.KEYS}, {k: 0.5 for k in ablation.KEYS}
+        result = {"metrics": textbook, "by_protocol": {"textbook": textbook, "sake": sake}}
+        ablation._save(Path(cfg.output_dir) / name, cfg, result, untrained=variant == "untrained")
+    ablation.main(argv)
+    text = (tmp_path / "table.md").read_text()
+    textbook_part, sake_part = text.split("sake protocol")
+    assert "textbook protocol" in textbook_part and "| infonce | 25.00 | 25.00 |" in textbook_part
+    assert "| infonce | 50.00 | 50.00 |" in sake_part and "| untrained | 50.00 |" in sake_part
+
+
+def test_runs_recorded_before_sake_show_a_dash_until_rescored(tmp_path, monkeypatch):
+    ablation = _ablation_module()
+    argv = ["--seeds", "0", "--variants", "untrained", "infonce", "--output_dir", str(tmp_path)]
+    _finish_runs_without_training(ablation, argv)  # old format: textbook metrics only
+    ablation.main(argv)
+    sake_part = (tmp_path / "table.md").read_text().split("sake protocol")[1]
+    assert "| infonce | – | – | – | – | – |" in sake_part  # not recorded, not invented
+
+    fresh = {"metrics": {k: 0.25 for k in ablation.KEYS}, "by_protocol": {
+        "textbook": {k: 0.25 for k in ablation.KEYS}, "sake": {k: 0.75 for k in ablation.KEYS}}}
+    rescored = []
+    monkeypatch.setattr(ablation, "evaluate_untrained", lambda cfg: rescored.append("untrained") or json.loads(json.dumps(fresh)))
+    monkeypatch.setattr(ablation, "rescore", lambda cfg, old: rescored.append(cfg.output_dir) or json.loads(json.dumps(fresh)))
+    ablation.main([*argv, "--rescore"])
+    assert rescored == ["untrained", str(tmp_path / "seed0" / "infonce")]
+    sake_part = (tmp_path / "table.md").read_text().split("sake protocol")[1]
+    assert "| infonce | 75.00 |" in sake_part and "| untrained | 75.00 |" in sake_part
+    ablation.main([*argv, "--rescore"])  # recorded now: nothing is evaluated again
+    assert len(rescored) == 2

@@ -333,3 +333,71 @@ def test_evaluate_retrieval_needs_labels(model):
     images = [make_image("cat", i) for i in range(3)]
     with pytest.raises(ValueError, match="category metrics need"):
         evaluate_retrieval(model, images, images, transform, progress=False)
+
+
+# ----------------------------------------------------------------------------------- the engine
+def _random_embeddings(n, dim=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, dim, generator=gen), dim=1)
+
+
+@pytest.mark.parametrize("protocol", ["textbook", "sake", "zse_sbir", "sem_pcyc", "doodle2search", "dsn"])
+def test_engine_equals_the_metrics_on_the_full_matrix_for_every_protocol(protocol):
+    from hf_sbir.retrieval.evaluation import evaluate_embeddings
+
+    q, g = _random_embeddings(23, seed=1), _random_embeddings(57, seed=2)
+    q_labels, g_labels = [i % 4 for i in range(23)], [i % 5 for i in range(57)]  # class 4: no query; some R < k
+    expected = retrieval_metrics(q @ g.T, q_labels, g_labels, map_ks=(10,), precision_ks=(5, 100), protocol=protocol)
+    for chunk in (None, 3):
+        result = evaluate_embeddings(q, g, q_labels, g_labels, protocol=protocol, map_ks=(10,), precision_ks=(5, 100), chunk_size=chunk)
+        assert result.protocol["name"] == protocol
+        for name, value in result.metrics.items():
+            assert value == pytest.approx(expected[name], abs=1e-6), name
+    assert "k = 100 exceeds the gallery (57 items): p@100 use the whole ranking (k is clipped to 57)." in result.notes
+
+
+def test_engine_instance_level_per_class_and_layer_sweep():
+    from hf_sbir.retrieval.evaluation import evaluate_embeddings, evaluate_layers
+
+    q, g = _random_embeddings(12, seed=3), _random_embeddings(12, seed=4)
+    target = torch.arange(12)
+    classes = ["lamp"] * 6 + ["table"] * 6
+    result = evaluate_embeddings(q, g, classes, target_index=target, instance_ks=(1, 5))
+    assert result.metrics == pytest.approx(instance_metrics(q @ g.T, target, ks=(1, 5)))
+    lamp = next(r for r in result.per_class if r["label"] == "lamp")
+    assert lamp["num_queries"] == 6
+    assert {k: lamp[k] for k in ("acc@1", "acc@5")} == pytest.approx(instance_metrics((q @ g.T)[:6], target[:6], ks=(1, 5)))
+    # the sweep: layer 1 is the true match (identical embeddings) -> best layer; the model's layer is reported
+    layers_q, layers_g = [q, g, None], [g, g, None]
+    sweep = evaluate_layers(layers_q, layers_g, target, feature_layer=0, query_classes=classes)
+    assert sweep.metrics == result.metrics and sweep.feature_layer == 0
+    assert sorted(sweep.per_layer) == ["0", "1"] and sweep.per_layer["1"]["acc@1"] == 1.0 and sweep.best_layer == 1
+    assert "| 1 * |" in sweep.as_table() and "| 0 (model) |" in sweep.as_table()
+
+
+def test_zero_shot_evaluation_records_several_protocols_from_one_embedding_pass(model):
+    from hf_sbir.retrieval.evaluation import TooFewClassesError, evaluate_zero_shot, format_metric_table
+
+    images, labels, domains = [], [], []
+    for c, name in enumerate(CLASSES):
+        for n in range(4):
+            for domain in ("sketch", "photo"):
+                images.append(make_image(name, 100 * c + 10 * n + (domain == "photo")))
+                labels.append(c)
+                domains.append(domain)
+    both = datasets.Dataset.from_dict(
+        {"image": images, "label": labels, "domain": domains},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES), "domain": datasets.Value("string")}),
+    )
+    data = datasets.DatasetDict({"test": both})
+    model.calls = 0
+    result = evaluate_zero_shot(model, data, transform, progress=False, protocol=["textbook", "sake"])
+    assert model.calls == len(both)  # every image embedded once for both protocols
+    assert set(result.by_protocol) == {"textbook", "sake"} and result.metrics == result.by_protocol["textbook"]
+    sake_only = evaluate_zero_shot(model, data, transform, progress=False, protocol="sake")
+    assert sake_only.metrics == pytest.approx(result.by_protocol["sake"])
+    assert {row["label"] for row in result.per_class} <= set(CLASSES)
+    assert "| map@all |" in format_metric_table({"a": result, "b": result.to_dict()})
+    one_class = datasets.DatasetDict({"test": both.filter(lambda r: r["label"] == 0)})
+    with pytest.raises(TooFewClassesError, match="only 1 class"):
+        evaluate_zero_shot(model, one_class, transform, progress=False)
