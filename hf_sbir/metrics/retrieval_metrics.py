@@ -371,6 +371,40 @@ def stat_keys(ks: Sequence[int], ap_kinds: Sequence[str] = ("trec",), r_ks: Sequ
     return keys
 
 
+def _cut_stats(
+    rel: torch.Tensor,
+    sorted_scores: torch.Tensor | None,
+    num_relevant: torch.Tensor,
+    cuts: dict[int, int],
+    ap_kinds: Sequence[str],
+    r_ks: Sequence[int],
+    out: dict[str, torch.Tensor],
+) -> None:
+    """The top-k statistics (``hits@k``, ``<kind>:ap_sum@k``, ``hits@min(k,R)``) from the ranked
+    relevance ``rel`` (``(c, n)``, n >= every cut) and, for "sklearn", the scores in that order."""
+    if not cuts:
+        return
+    width = max(cuts.values())
+    rel = rel[:, :width]
+    hits = rel.cumsum(dim=1)
+    precision = hits / torch.arange(1, width + 1, device=rel.device, dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float64, device=rel.device)
+    ends = _tie_group_ends(sorted_scores[:, :width]) if "sklearn" in ap_kinds else None
+    for k, kk in cuts.items():
+        out[f"hits@{k}"] = hits[:, kk - 1].cpu()
+        for kind in ap_kinds:
+            if kind == "trec":
+                term = precision[:, :kk]
+            elif kind == "voc":  # interpolation within the top k only (the list is cut first)
+                term = _reverse_cummax(precision[:, :kk])
+            else:  # a tie group straddling the cut ends at the cut
+                term = precision.gather(1, ends[:, :kk].clamp(max=kk - 1))
+            out[f"{kind}:ap_sum@{k}"] = torch.where(rel[:, :kk], term, zero).sum(dim=1).cpu()
+    for k in r_ks:
+        at = (num_relevant.to(rel.device).clamp(max=cuts[k]) - 1).clamp(min=0)
+        out[f"hits@min({k},R)"] = torch.where(num_relevant.to(rel.device) > 0, hits.gather(1, at[:, None])[:, 0], 0).cpu()
+
+
 def chunk_ranking_stats(
     scores: torch.Tensor,
     query_ids: torch.Tensor,
@@ -388,7 +422,7 @@ def chunk_ranking_stats(
         ks: cut-offs to report (clipped to the effective gallery size).
         exclude_index: ``(c,)`` gallery index to drop from each query's gallery, or None.
         ap_kinds: which AP precision terms to sum (`AP_KINDS`).
-        r_ks: cut-offs k for which ``hits@min(k, R)`` is needed (ZSE-SBIR's precision).
+        r_ks: cut-offs k for which ``hits@min(k, R)`` is needed (ZSE-SBIR's precision; requires k in ``ks``).
 
     Returns:
         dict of ``(c,)`` CPU tensors keyed as `stat_keys` says: ``num_relevant`` (R), ``hits@k``,
@@ -397,6 +431,8 @@ def chunk_ranking_stats(
         ``gallery_size`` (a 0-d tensor: G, or G - 1 with an exclusion).
     """
     _check_finite(scores)
+    for kind in ap_kinds:
+        _check_choice("average_precision", kind, AP_KINDS)
     if scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()  # exact; CPU sorts are slow in half precision
     num_gallery = scores.shape[1]
@@ -414,32 +450,18 @@ def chunk_ranking_stats(
     zero = torch.zeros((), dtype=torch.float64, device=rel.device)
     num_relevant = hits[:, -1]
     out: dict[str, torch.Tensor] = {"num_relevant": num_relevant.cpu(), "gallery_size": torch.tensor(num_gallery)}
-    cuts = {k: min(k, num_gallery) for k in ks}
-    for k, kk in cuts.items():
-        out[f"hits@{k}"] = hits[:, kk - 1].cpu()
     for kind in ap_kinds:
         if kind == "trec":
-            cum = torch.where(rel, precision, zero).cumsum(dim=1)
-            out["trec:ap_sum"] = cum[:, -1].cpu()
-            for k, kk in cuts.items():
-                out[f"trec:ap_sum@{k}"] = cum[:, kk - 1].cpu()
-            del cum
+            term = precision
         elif kind == "voc":
-            out["voc:ap_sum"] = torch.where(rel, _reverse_cummax(precision), zero).sum(dim=1).cpu()
-            for k, kk in cuts.items():  # interpolation within the top k only (the list is cut first)
-                top = _reverse_cummax(precision[:, :kk])
-                out[f"voc:ap_sum@{k}"] = torch.where(rel[:, :kk], top, zero).sum(dim=1).cpu()
-        elif kind == "sklearn":
-            ends = _tie_group_ends(sorted_scores)
-            out["sklearn:ap_sum"] = torch.where(rel, precision.gather(1, ends), zero).sum(dim=1).cpu()
-            for k, kk in cuts.items():  # a tie group straddling the cut ends at the cut
-                top = precision.gather(1, ends[:, :kk].clamp(max=kk - 1))
-                out[f"sklearn:ap_sum@{k}"] = torch.where(rel[:, :kk], top, zero).sum(dim=1).cpu()
+            term = _reverse_cummax(precision)
         else:
-            _check_choice("average_precision", kind, AP_KINDS)
-    for k in r_ks:
-        at = (num_relevant.clamp(max=min(k, num_gallery)) - 1).clamp(min=0)
-        out[f"hits@min({k},R)"] = torch.where(num_relevant > 0, hits.gather(1, at[:, None])[:, 0], 0).cpu()
+            term = precision.gather(1, _tie_group_ends(sorted_scores))
+        out[f"{kind}:ap_sum"] = torch.where(rel, term, zero).sum(dim=1).cpu()
+        del term
+    del hits, precision
+    cuts = {k: min(k, num_gallery) for k in ks}
+    _cut_stats(rel, sorted_scores, num_relevant, cuts, ap_kinds, r_ks, out)
     return out
 
 
