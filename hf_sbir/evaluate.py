@@ -323,11 +323,9 @@ def _main_category_level(args, model, transform) -> int:
     subset = f" (a seeded subset of {args.max_queries})" if args.max_queries is not None and result.num_queries == args.max_queries else ""
     print(
         f"Sketch->photo retrieval on {args.dataset}, {classes}: {result.num_queries} sketch queries{subset}, "
-        f"{result.num_gallery} photos in the gallery.\nProtocol: {protocol.name} ({protocol.reference}). Values in %.\n"
+        f"{result.num_gallery} photos in the gallery. Values in %.\n"
     )
-    print(format_metric_table({title: result}))
-    for note in result.notes:
-        print(f"\nNote: {note}")
+    print(format_metric_table({title: result}))  # (+ the protocol and notes such as k > gallery)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "dataset": args.dataset, "classes": classes, **result.to_dict()}, indent=2))
     if args.report:
@@ -360,8 +358,6 @@ def _main_instance_level(args, model, transform, method: str) -> int:
     print(format_metric_table({args.name or args.model: result}))
     if result.get("per_layer"):
         print(f"\nEvery layer (* best, (model) the model's feature layer):\n\n{layer_table(result['per_layer'], result.get('best_layer'), result.get('feature_layer'))}")
-    for note in result.get("notes", []):
-        print(f"\nNote: {note}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "dataset": args.dataset, **result}, indent=2))
     return 0

@@ -139,12 +139,16 @@ def _as_dict(result: RetrievalEvaluation | dict | None) -> dict:
     return result.to_dict() if isinstance(result, RetrievalEvaluation) else result
 
 
-def format_metric_table(columns: dict[str, RetrievalEvaluation | dict | None], keys: Sequence[str] | None = None) -> str:
+def format_metric_table(
+    columns: dict[str, RetrievalEvaluation | dict | None], keys: Sequence[str] | None = None, footnotes: bool = True
+) -> str:
     """Markdown table, one column per named result, values in %.
 
     Args:
         columns: ``{column title: RetrievalEvaluation or its dict}`` (None columns are shown as "–").
         keys: metric rows; default: the metrics of the first result, in its order.
+        footnotes: below the table, the protocol the figures follow and the results' notes (e.g. a
+            cut-off k larger than the gallery), each once.
     """
     names = list(columns)
     dicts = {name: _as_dict(columns[name]) for name in names}
@@ -158,6 +162,15 @@ def format_metric_table(columns: dict[str, RetrievalEvaluation | dict | None], k
             value = dicts[name].get("metrics", {}).get(key)
             cells.append("–" if value is None else f"{100 * value:.2f}")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    if footnotes:
+        extra: list[str] = []
+        for d in dicts.values():
+            protocol = d.get("protocol")
+            if protocol:
+                extra.append(f"Protocol: {protocol['name']} ({protocol['reference']}).")
+            extra += [f"Note: {note}" for note in d.get("notes", [])]
+        if extra:
+            lines += [""] + list(dict.fromkeys(extra))
     return "\n".join(lines)
 
 
