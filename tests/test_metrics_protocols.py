@@ -231,3 +231,20 @@ def test_evaluate_modules_take_the_protocol():
     sbir_precision = load_metric("sbir_precision", keep_in_memory=True)
     out = sbir_precision.compute(predictions=preds, references=refs, gallery_labels=gallery, k=100, protocol="zse_sbir")
     assert out == {"p@100": pytest.approx(5 / 9)}
+
+
+def test_chunk_statistics_do_not_keep_the_chunk_matrices_alive():
+    # The per-query statistics of a chunk are kept until every chunk is scored; a view into the
+    # chunk's (c, G) cumulative-hits matrix would keep 8 * c * G bytes per chunk alive (80 GB for
+    # 10k queries against 1M items).
+    import importlib
+
+    rm = importlib.import_module("hf_sbir.metrics.retrieval_metrics")
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 50_000, generator=gen)
+    stats = rm.chunk_ranking_stats(
+        scores, torch.tensor([0, 1, 2, 3]), torch.randint(0, 4, (50_000,), generator=gen), [100, 200],
+        ap_kinds=("trec", "voc", "sklearn"), r_ks=(100,),
+    )
+    for key, value in stats.items():
+        assert value.untyped_storage().nbytes() <= 4 * 8, key

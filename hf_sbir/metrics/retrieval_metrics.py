@@ -391,7 +391,7 @@ def _cut_stats(
     zero = torch.zeros((), dtype=torch.float64, device=rel.device)
     ends = _tie_group_ends(sorted_scores[:, :width]) if "sklearn" in ap_kinds else None
     for k, kk in cuts.items():
-        out[f"hits@{k}"] = hits[:, kk - 1].cpu()
+        out[f"hits@{k}"] = hits[:, kk - 1].clone().cpu()  # (a copy: a view would keep the chunk's (c, k) matrix alive)
         for kind in ap_kinds:
             if kind == "trec":
                 term = precision[:, :kk]
@@ -448,7 +448,9 @@ def chunk_ranking_stats(
     ranks = torch.arange(1, num_gallery + 1, device=rel.device, dtype=torch.float64)
     precision = hits / ranks  # P@i, float64
     zero = torch.zeros((), dtype=torch.float64, device=rel.device)
-    num_relevant = hits[:, -1]
+    # A copy: a view of `hits` kept in the result would keep this chunk's (c, G) matrix alive until the
+    # end of the evaluation (32 MB per 4 x 1M chunk; 80 GB over 10k queries).
+    num_relevant = hits[:, -1].clone()
     out: dict[str, torch.Tensor] = {"num_relevant": num_relevant.cpu(), "gallery_size": torch.tensor(num_gallery)}
     for kind in ap_kinds:
         if kind == "trec":
