@@ -36,6 +36,7 @@ from hf_sbir.metrics.retrieval_metrics import (
     exclude_indices,
     merge_stats,
     ranks_to_accuracy,
+    release_freed_memory,
     stat_keys,
     stats_options,
     summarize_stats,
@@ -278,6 +279,7 @@ def evaluate_embeddings(
         if instance:
             rank_parts.append(chunk_target_ranks(sims, targets[start:stop], drop))
         del sims
+        release_freed_memory()  # keeps resident memory flat over thousands of chunks (see there)
 
     metrics: dict[str, float] = {}
     rows: list[dict] = []
