@@ -43,13 +43,22 @@ def folder(tmp_path_factory):
     return root
 
 
+def save_model(model, folder):
+    """A model folder as train.py exports it: weights, config and the preprocessing."""
+    from hf_sbir.backbones.processing import image_processor_for_backbone
+    from hf_sbir.data import SbirImageTransform
+
+    model.save_pretrained(folder)
+    SbirImageTransform(image_processor=image_processor_for_backbone(model.config.backbone_config, image_size=32)).save_pretrained(folder)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from hf_sbir import SketchAnAnchorModel
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("model") / "tiny-model"
-    SketchAnAnchorModel(tiny_sketch_an_anchor_config()).save_pretrained(folder)
+    save_model(SketchAnAnchorModel(tiny_sketch_an_anchor_config()), folder)
     return folder
 
 
@@ -108,12 +117,12 @@ def test_untrained_baseline_is_the_backbone_the_model_was_built_from(folder, cap
 
     set_seed(0)
     base = SketchAnAnchorModel.from_backbone("packaged", projection_dim=16, gcn_hidden_size=24, gcn_num_layers=2, word_anchor_dim=10)
-    base.save_pretrained(tmp_path / "base")
+    save_model(base, tmp_path / "base")
     tuned = SketchAnAnchorModel.from_pretrained(tmp_path / "base")
     with torch.no_grad():  # stand-in for fine-tuning: move every backbone weight
         for p in tuned.backbone.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    tuned.save_pretrained(tmp_path / "tuned")
+    save_model(tuned, tmp_path / "tuned")
 
     common = ["--dataset", folder, "--test_classes", "acorn,bell,cup", "--batch_size", 16]
 
