@@ -151,7 +151,7 @@ def test_report_split_and_number_of_queries(folder, model_dir, capsys, tmp_path)
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--dataset", "{tmp}/nowhere"], "SBIR dataset root not found"),
+        (["--dataset", "{tmp}/nowhere"], "Dataset folder not found"),
         (["--split", "embedded", "--test_classes", "acorn"], "not both"),
         (["--test_classes", "acorn,unicorn"], "unicorn not in"),
         (["--split", "no_such_split"], "Unknown zero-shot split 'no_such_split'"),
