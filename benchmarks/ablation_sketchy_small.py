@@ -92,9 +92,8 @@ def fine_grained_data(args):
 
 def extra_evals(cfg, model, fg_test) -> dict:
     """Backbone features at category level, and instance-level Acc@q of the embedding and the backbone features."""
-    from hf_sbir.training.evaluation import BackboneFeatureModel
+    from hf_sbir.retrieval.evaluation import BackboneFeatureModel, evaluate_fine_grained
     from hf_sbir.training.methods import get_method_class
-    from hf_sbir.training.methods.fg_sbir import evaluate_fine_grained
 
     method = get_method_class(cfg.method)(cfg)
     transform = method.build_transform(model)
@@ -102,8 +101,8 @@ def extra_evals(cfg, model, fg_test) -> dict:
     extras = {}
     start = time.perf_counter()
     extras["backbone"] = method.evaluate(features, category_data(cfg), transform)
-    extras["fg"] = evaluate_fine_grained(model.eval(), fg_test, transform, batch_size=64)
-    extras["fg_backbone"] = evaluate_fine_grained(features, fg_test, transform, batch_size=64)
+    extras["fg"] = evaluate_fine_grained(model.eval(), fg_test, transform, batch_size=64).to_dict()
+    extras["fg_backbone"] = evaluate_fine_grained(features, fg_test, transform, batch_size=64).to_dict()
     extras["extra_eval_seconds"] = time.perf_counter() - start
     return extras
 
@@ -167,14 +166,13 @@ def run_untrained(cfg, fg_test) -> dict:
     if fg_test is not None and "fg" not in metrics:
         from transformers import set_seed
 
-        from hf_sbir.training.evaluation import BackboneFeatureModel
+        from hf_sbir.retrieval.evaluation import BackboneFeatureModel, evaluate_fine_grained
         from hf_sbir.training.methods import get_method_class
-        from hf_sbir.training.methods.fg_sbir import evaluate_fine_grained
 
         set_seed(cfg.seed)
         method = get_method_class(cfg.method)(cfg)
         model = method.build_model().eval()
-        fg = evaluate_fine_grained(BackboneFeatureModel(model), fg_test, method.build_transform(model), batch_size=64)
+        fg = evaluate_fine_grained(BackboneFeatureModel(model), fg_test, method.build_transform(model), batch_size=64).to_dict()
         _add(cache, metrics, {"fg": fg})
     return metrics
 
