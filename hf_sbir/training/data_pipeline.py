@@ -105,6 +105,10 @@ def training_batches(
         num_workers=num_workers,
         prefetch_factor=prefetch if num_workers > 0 else None,
         pin_memory=pin_memory,
+        # Its own generator: a DataLoader iterator otherwise draws its worker base seed from the global torch
+        # RNG, which a resumed run has just restored, shifting every later dropout mask (resume would not
+        # reproduce an uninterrupted run). Batches are a pure function of (seed, step) and need no seed here.
+        generator=torch.Generator().manual_seed(start),
     )
     items = iter(loader)
     for iteration in range(start, end):
