@@ -108,3 +108,173 @@ def test_baseline_is_info_nce_only():
     out = sketch_an_anchor_loss(sk, ph, torch.tensor([0, 1, 2]), {}, {}, temperature=0.2, anchor_temperature=0.1)
     assert out.total.item() == pytest.approx(info_nce_loss(sk.embeddings, ph.embeddings, 0.2).item(), rel=1e-6)
     assert out.semantic == {} and out.sample == {}
+
+
+# -- each of the seven terms against its equation, on an asymmetric example -------------------------
+# The small examples above are symmetric (sketch rows == photo rows, identity-like anchors), so a
+# swapped role or a softmax over the wrong axis gives the same number there. Here every row differs:
+# sketches != photos, S @ P.T is not symmetric, a class repeats in the batch, and the anchor
+# similarity rows have different sums. The reference is the paper's formula in plain Python loops.
+
+def _unit(rows):
+    return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float64), dim=-1)
+
+
+def _dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def _softmax(values):
+    m = max(values)
+    e = [math.exp(v - m) for v in values]
+    return [x / sum(e) for x in e]
+
+
+def _log_softmax(values):
+    m = max(values)
+    log_z = m + math.log(sum(math.exp(v - m) for v in values))
+    return [v - log_z for v in values]
+
+
+def ref_eq1(sketch, photo, tau):
+    """Eq. 1: -1/N sum_i log exp(s_i . p_i / tau) / sum_j exp(s_i . p_j / tau)."""
+    s, p = sketch.tolist(), photo.tolist()
+    return -sum(_log_softmax([_dot(s[i], p[j]) / tau for j in range(len(p))])[i] for i in range(len(s))) / len(s)
+
+
+def ref_eq2(anchors):
+    c = _unit(anchors.tolist()).tolist()
+    return torch.tensor([[_dot(a, b) for b in c] for a in c], dtype=torch.float64)
+
+
+def ref_eq3(reps, labels, anchors, sim, tau, tau_a):
+    """Eq. 3: -1/N sum_i sum_y sigma_y(a_{gamma_i y}) log softmax_y(r_i . c_y / tau)."""
+    r, c, a = reps.tolist(), anchors.tolist(), sim.tolist()
+    total = 0.0
+    for i, g in enumerate(labels):
+        target = _softmax([a[g][y] / tau_a for y in range(len(c))])
+        log_p = _log_softmax([_dot(r[i], c[y]) / tau for y in range(len(c))])
+        total += sum(t * lp for t, lp in zip(target, log_p))
+    return -total / len(r)
+
+
+def ref_eq4(sketch, photo, labels, sim, tau, tau_a):
+    """Eq. 4: -1/N sum_i sum_j sigma_j(a_{gamma_i gamma_j}) log softmax_j(s_i . p_j / tau)."""
+    s, p, a = sketch.tolist(), photo.tolist(), sim.tolist()
+    n = len(s)
+    total = 0.0
+    for i in range(n):
+        target = _softmax([a[labels[i]][labels[j]] / tau_a for j in range(n)])
+        log_p = _log_softmax([_dot(s[i], p[k]) / tau for k in range(n)])
+        total += sum(t * lp for t, lp in zip(target, log_p))
+    return -total / n
+
+
+LABELS = [2, 0, 2, 1]  # class 2 twice; batch rows are not in class order
+TAU, TAU_A = 0.5, 0.25
+# Word and visual anchors of 3 classes in different spaces; their similarity rows have different sums.
+WORD_ANCHORS = torch.tensor([[1.0, 0.2, 0.0], [0.6, 1.0, -0.3], [-0.2, 0.4, 1.0]], dtype=torch.float64)
+VISUAL_ANCHORS = torch.tensor([[0.3, -1.0, 0.5, 0.2], [1.0, 0.1, 0.0, -0.4], [0.9, 0.3, 0.2, 0.0]], dtype=torch.float64)
+
+
+def _outputs():
+    """Sketch and photo outputs whose every field differs, and adapted anchors (C, 4) per kind."""
+    sketch = SketchAnAnchorOutput(
+        embeddings=_unit([[1.0, 0.3, -0.2, 0.0], [0.1, 1.0, 0.4, -0.5], [0.7, -0.2, 0.9, 0.1], [-0.3, 0.2, 0.1, 1.0]]),
+        word_embeddings=_unit([[0.9, -0.4, 0.2, 0.3], [0.0, 0.8, -0.6, 0.2], [0.5, 0.5, 0.5, -0.1], [-0.7, 0.1, 0.3, 0.6]]),
+        visual_embeddings=_unit([[0.2, 0.9, 0.1, -0.3], [1.0, -0.1, 0.3, 0.0], [-0.4, 0.3, 0.8, 0.2], [0.3, 0.3, -0.9, 0.4]]),
+    )
+    photo = SketchAnAnchorOutput(
+        embeddings=_unit([[0.8, 0.6, 0.1, -0.2], [0.3, 0.9, -0.1, 0.1], [0.2, -0.5, 1.0, 0.4], [0.0, -0.3, 0.4, 0.9]]),
+        word_embeddings=_unit([[0.6, 0.1, 0.7, -0.2], [-0.2, 1.0, 0.0, 0.5], [0.9, 0.2, -0.3, 0.1], [0.1, -0.6, 0.5, 0.7]]),
+        visual_embeddings=_unit([[-0.1, 0.7, 0.6, 0.2], [0.8, 0.4, -0.2, 0.3], [0.1, 0.1, 0.9, -0.6], [0.5, -0.5, 0.1, 0.8]]),
+    )
+    adapted = {
+        "word": _unit([[0.9, 0.1, -0.3, 0.2], [0.2, 0.8, 0.4, -0.1], [-0.5, 0.3, 0.7, 0.6]]),
+        "visual": _unit([[0.1, -0.8, 0.5, 0.3], [0.7, 0.7, 0.0, -0.2], [0.4, 0.2, -0.6, 0.9]]),
+    }
+    return sketch, photo, adapted
+
+
+def test_example_is_asymmetric():
+    """Guards the example itself: symmetric data would hide swapped roles and wrong softmax axes."""
+    sketch, photo, _ = _outputs()
+    for field in ("embeddings", "word_embeddings", "visual_embeddings"):
+        logits = getattr(sketch, field) @ getattr(photo, field).T
+        assert not torch.allclose(logits, logits.T), field
+    for anchors in (WORD_ANCHORS, VISUAL_ANCHORS):
+        sums = anchor_similarity(anchors).sum(dim=1)
+        assert len({round(v, 3) for v in sums.tolist()}) == 3
+
+
+def test_eq2_anchor_similarity_matches_its_formula():
+    for anchors in (WORD_ANCHORS, VISUAL_ANCHORS):
+        torch.testing.assert_close(anchor_similarity(anchors), ref_eq2(anchors))
+
+
+def test_eq1_info_nce_sketch_is_the_query_and_photos_the_candidates():
+    sketch, photo, _ = _outputs()
+    got = info_nce_loss(sketch.embeddings, photo.embeddings, TAU).item()
+    assert got == pytest.approx(ref_eq1(sketch.embeddings, photo.embeddings, TAU), rel=1e-9)
+    # The roles matter on this example: photo-as-query is another number.
+    assert got != pytest.approx(ref_eq1(photo.embeddings, sketch.embeddings, TAU), rel=1e-3)
+
+
+def test_eq3_semantic_loss_targets_are_the_anchor_row_of_each_items_class():
+    sketch, _, adapted = _outputs()
+    sim = anchor_similarity(WORD_ANCHORS)
+    labels = torch.tensor(LABELS)
+    got = anchored_semantic_loss(sketch.word_embeddings, labels, adapted["word"], sim, TAU, TAU_A).item()
+    assert got == pytest.approx(ref_eq3(sketch.word_embeddings, LABELS, adapted["word"], sim, TAU, TAU_A), rel=1e-9)
+    # Temperatures are not interchangeable: tau scales the logits, tau_a the targets.
+    swapped = ref_eq3(sketch.word_embeddings, LABELS, adapted["word"], sim, TAU_A, TAU)
+    assert got != pytest.approx(swapped, rel=1e-3)
+
+
+def test_eq4_sample_loss_sketches_query_photos_with_row_normalised_targets():
+    sketch, photo, _ = _outputs()
+    sim = anchor_similarity(VISUAL_ANCHORS)
+    labels = torch.tensor(LABELS)
+    got = anchored_sample_loss(sketch.visual_embeddings, photo.visual_embeddings, labels, sim, TAU, TAU_A).item()
+    expected = ref_eq4(sketch.visual_embeddings, photo.visual_embeddings, LABELS, sim, TAU, TAU_A)
+    assert got == pytest.approx(expected, rel=1e-9)
+    # Photo-as-query is another number on this example, so the role check above is meaningful.
+    assert expected != pytest.approx(ref_eq4(photo.visual_embeddings, sketch.visual_embeddings, LABELS, sim, TAU, TAU_A), rel=1e-3)
+
+
+def test_seven_terms_each_follow_their_equation_with_the_right_roles():
+    """The total's seven terms, each recomputed from the paper with the inputs it names: which domain,
+    which representation (word / visual token), which anchors; and the total is their plain sum."""
+    sketch, photo, adapted = _outputs()
+    labels = torch.tensor(LABELS)
+    sims = {"word": anchor_similarity(WORD_ANCHORS), "visual": anchor_similarity(VISUAL_ANCHORS)}
+    out = sketch_an_anchor_loss(sketch, photo, labels, adapted, sims, temperature=TAU, anchor_temperature=TAU_A)
+    expected = {"loss_nce": ref_eq1(sketch.embeddings, photo.embeddings, TAU)}
+    for kind in ("word", "visual"):
+        field = f"{kind}_embeddings"
+        for domain, output in (("sketch", sketch), ("photo", photo)):
+            expected[f"loss_sem_{kind}_{domain}"] = ref_eq3(getattr(output, field), LABELS, adapted[kind], sims[kind], TAU, TAU_A)
+        expected[f"loss_sample_{kind}"] = ref_eq4(getattr(sketch, field), getattr(photo, field), LABELS, sims[kind], TAU, TAU_A)
+    expected["loss"] = sum(expected.values())
+    got = out.as_floats()
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-9), key
+    # The seven terms are distinct numbers here, so a term computed on the wrong input cannot coincide.
+    terms = [round(v, 4) for k, v in expected.items() if k != "loss"]
+    assert len(set(terms)) == 7
+
+
+def test_one_anchor_kind_gives_four_terms():
+    sketch, photo, adapted = _outputs()
+    labels = torch.tensor(LABELS)
+    sim = anchor_similarity(VISUAL_ANCHORS)
+    out = sketch_an_anchor_loss(sketch, photo, labels, {"visual": adapted["visual"]}, {"visual": sim}, TAU, TAU_A)
+    assert set(out.as_floats()) == {"loss", "loss_nce", "loss_sem_visual_sketch", "loss_sem_visual_photo", "loss_sample_visual"}
+    expected = (
+        ref_eq1(sketch.embeddings, photo.embeddings, TAU)
+        + ref_eq3(sketch.visual_embeddings, LABELS, adapted["visual"], sim, TAU, TAU_A)
+        + ref_eq3(photo.visual_embeddings, LABELS, adapted["visual"], sim, TAU, TAU_A)
+        + ref_eq4(sketch.visual_embeddings, photo.visual_embeddings, LABELS, sim, TAU, TAU_A)
+    )
+    assert out.total.item() == pytest.approx(expected, rel=1e-9)
