@@ -189,6 +189,22 @@ def test_build_index_from_folder_and_round_trip(model, photo_folder, tmp_path):
     assert hits[0][0]["label"] == "apple" and "score" in hits[0][0]
 
 
+def test_round_trip_keeps_rows_and_metadata_paired_for_unsorted_ids(tmp_path):
+    """Ids in no particular order (an index appended to, a dataset in its own order): after save + load,
+    row i is still the embedding of item i, so a search names the item it found."""
+    gen = torch.Generator().manual_seed(3)
+    ids = ["zebra-7", "apple-10", "moth-2", "apple-9", "crab-1", 42, "apple-1"]
+    meta = [{"id": i, "label": str(i).split("-")[0], "rank_hint": n} for n, i in enumerate(ids)]
+    embeddings = torch.randn(len(ids), 8, generator=gen)
+    index = GalleryIndex(embeddings, meta, "m")
+    loaded = GalleryIndex.load(index.save(tmp_path / "idx"))
+    assert loaded.column("id") == ids and loaded.metadata == index.metadata
+    assert torch.equal(loaded.embeddings, index.embeddings)
+    # Querying with each item's own embedding finds that item, by metadata.
+    _, found = loaded.search(embeddings, k=1, backend="torch")
+    assert [hits[0]["id"] for hits in loaded.results(found)] == ids
+
+
 def test_build_index_from_dataset_uses_class_names(model):
     index = build_gallery_index(model, photo_dataset(), transform, progress=False)
     assert index.column("label") == ["apple"] * 3 + ["boat"] * 3 + ["cat"] * 3
