@@ -12,6 +12,10 @@ from hf_sbir.data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SBIR_MINI = ROOT.parent / "shared" / "data" / "sbir-mini"
+SEVEN_TERMS = {
+    "loss", "loss_nce", "loss_sem_word_sketch", "loss_sem_word_photo", "loss_sem_visual_sketch",
+    "loss_sem_visual_photo", "loss_sample_word", "loss_sample_visual",
+}
 
 
 def test_sbir_mini_split_has_no_class_overlap():
@@ -34,9 +38,36 @@ def test_reproduction_command_runs_at_two_iterations(tmp_path):
     for variant in ("untrained", "infonce", "anchors", "full"):
         assert f"| {variant} |" in table
     results = json.loads((out / "results.json").read_text())["results"]["0"]
+    assert set(results) == {"untrained", "infonce", "anchors", "full"}
+    keys = ("map@all", "map@200", "p@100", "p@200", "photo_map@all")
     for variant, result in results.items():
-        assert set(result["metrics"]) >= {"map@all", "map@200", "p@100", "p@200", "photo_map@all"}, variant
+        assert set(result["metrics"]) >= set(keys), variant
         assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
+        # The table prints exactly the recorded numbers, in %, in the column order of its header.
+        row = next(line for line in table.splitlines() if line.startswith(f"| {variant} |"))
+        assert row == f"| {variant} | " + " | ".join(f"{100 * result['metrics'][k]:.2f}" for k in keys) + " |"
+    # The untrained row scores the backbone the trained variants start from, on the same queries.
+    assert results["untrained"]["num_queries"] == results["full"]["num_queries"] == 16
+
+    # Each trained variant trained what its name says (paper Table 4): its saved config carries its
+    # switches, and its loss had the terms those switches imply.
+    expected = {
+        "infonce": dict(use_word_anchors=False, use_visual_anchors=False, terms={"loss", "loss_nce"}),
+        "anchors": dict(use_word_anchors=True, use_visual_anchors=True, randomize_word_anchors=False,
+                        randomize_visual_anchors=False, gcn_num_layers=0, terms=SEVEN_TERMS),
+        "full": dict(use_word_anchors=True, use_visual_anchors=True, randomize_word_anchors=True,
+                     randomize_visual_anchors=True, gcn_num_layers=4, terms=SEVEN_TERMS),
+    }
+    for variant, switches in expected.items():
+        run = out / "seed0" / variant
+        assert results[variant]["metrics"] == json.loads((run / "eval_after.json").read_text())["metrics"]
+        config = json.loads((run / "model" / "config.json").read_text())
+        terms = switches.pop("terms")
+        for key, value in switches.items():
+            assert config[key] == value, (variant, key)
+        logged = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+        assert len(logged) == 2, variant
+        assert {k for k in logged[0] if k.startswith("loss")} == terms, variant
     # Zero-shot: the trained model's anchors cover the seen classes only.
     split = load_split("sbir_mini")
     config = json.loads((out / "seed0" / "full" / "model" / "config.json").read_text())

@@ -28,12 +28,57 @@ def test_pairs_share_a_class_and_only_eligible_classes():
 
 
 def test_distinct_classes_per_batch_by_default_and_classes_per_batch():
-    s_idx, _ = _sampler(batch_size=4).batch(0)
-    assert len({SKETCH_LABELS[i] for i in s_idx}) == 4
-    s_idx, _ = _sampler(batch_size=6, classes_per_batch=2).batch(0)
-    assert sorted(Counter(SKETCH_LABELS[i] for i in s_idx).values()) == [3, 3]
+    # Checked on every batch of several seeds, not one lucky draw.
+    for seed in range(5):
+        default = _sampler(batch_size=4, seed=seed)
+        for step in range(40):
+            s_idx, _ = default.batch(step)
+            assert len({SKETCH_LABELS[i] for i in s_idx}) == 4, (seed, step)
+        two = _sampler(batch_size=6, classes_per_batch=2, seed=seed)
+        for step in range(40):
+            s_idx, _ = two.batch(step)
+            assert sorted(Counter(SKETCH_LABELS[i] for i in s_idx).values()) == [3, 3], (seed, step)
     with pytest.raises(ValueError, match="classes_per_batch"):
         _sampler(batch_size=4, classes_per_batch=5)
+
+
+def test_more_positions_than_classes_repeat_every_class_evenly():
+    # 6 eligible classes, batch 8: every class appears, two of them twice, on every batch.
+    for seed in range(5):
+        sampler = _sampler(batch_size=8, seed=seed)
+        for step in range(40):
+            s_idx, p_idx = sampler.batch(step)
+            counts = Counter(SKETCH_LABELS[i] for i in s_idx)
+            assert set(counts) == {0, 1, 2, 3, 4, 5} and sorted(counts.values()) == [1, 1, 1, 1, 2, 2], (seed, step)
+    # Uneven shares: batch 7 over 3 classes is 3 + 2 + 2.
+    s_idx, _ = _sampler(batch_size=7, classes_per_batch=3, seed=4).batch(9)
+    assert sorted(Counter(SKETCH_LABELS[i] for i in s_idx).values()) == [2, 2, 3]
+
+
+def test_items_repeat_within_a_class_only_when_it_is_too_small():
+    # Classes 1 (10 sketches, 2 photos) and 5 (20 sketches, 3 photos) with 4 positions each.
+    sampler = _sampler(batch_size=8, classes_per_batch=2, seed=0)
+    for step in range(60):
+        s_idx, p_idx = sampler.batch(step)
+        for c in {SKETCH_LABELS[i] for i in s_idx}:
+            sketches = [i for i in s_idx if SKETCH_LABELS[i] == c]
+            photos = [j for j in p_idx if PHOTO_LABELS[j] == c]
+            if SKETCH_LABELS.count(c) >= 4:
+                assert len(set(sketches)) == 4, (step, c)  # enough sketches: no repeat
+            if PHOTO_LABELS.count(c) >= 4:
+                assert len(set(photos)) == 4, (step, c)
+            else:
+                assert set(photos) <= {j for j, label in enumerate(PHOTO_LABELS) if label == c}
+
+
+def test_positions_are_mixed_not_in_class_blocks():
+    sampler = _sampler(batch_size=6, classes_per_batch=2, seed=0)
+    blocks = 0
+    for step in range(50):
+        s_idx, _ = sampler.batch(step)
+        labels = [SKETCH_LABELS[i] for i in s_idx]
+        blocks += labels[:3] == [labels[0]] * 3
+    assert blocks < 25  # a fixed class-by-class layout would give 50
 
 
 def test_class_balance_is_roughly_uniform():
