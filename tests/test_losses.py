@@ -14,6 +14,8 @@ from hf_sbir.losses import (
 )
 from hf_sbir.models.sketch_an_anchor import SketchAnAnchorOutput
 
+from paper_losses import unit, ref_eq1, ref_eq2, ref_eq3, ref_eq4, ref_total
+
 E = math.e
 
 
@@ -116,60 +118,6 @@ def test_baseline_is_info_nce_only():
 # sketches != photos, S @ P.T is not symmetric, a class repeats in the batch, and the anchor
 # similarity rows have different sums. The reference is the paper's formula in plain Python loops.
 
-def _unit(rows):
-    return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float64), dim=-1)
-
-
-def _dot(a, b):
-    return sum(x * y for x, y in zip(a, b))
-
-
-def _softmax(values):
-    m = max(values)
-    e = [math.exp(v - m) for v in values]
-    return [x / sum(e) for x in e]
-
-
-def _log_softmax(values):
-    m = max(values)
-    log_z = m + math.log(sum(math.exp(v - m) for v in values))
-    return [v - log_z for v in values]
-
-
-def ref_eq1(sketch, photo, tau):
-    """Eq. 1: -1/N sum_i log exp(s_i . p_i / tau) / sum_j exp(s_i . p_j / tau)."""
-    s, p = sketch.tolist(), photo.tolist()
-    return -sum(_log_softmax([_dot(s[i], p[j]) / tau for j in range(len(p))])[i] for i in range(len(s))) / len(s)
-
-
-def ref_eq2(anchors):
-    c = _unit(anchors.tolist()).tolist()
-    return torch.tensor([[_dot(a, b) for b in c] for a in c], dtype=torch.float64)
-
-
-def ref_eq3(reps, labels, anchors, sim, tau, tau_a):
-    """Eq. 3: -1/N sum_i sum_y sigma_y(a_{gamma_i y}) log softmax_y(r_i . c_y / tau)."""
-    r, c, a = reps.tolist(), anchors.tolist(), sim.tolist()
-    total = 0.0
-    for i, g in enumerate(labels):
-        target = _softmax([a[g][y] / tau_a for y in range(len(c))])
-        log_p = _log_softmax([_dot(r[i], c[y]) / tau for y in range(len(c))])
-        total += sum(t * lp for t, lp in zip(target, log_p))
-    return -total / len(r)
-
-
-def ref_eq4(sketch, photo, labels, sim, tau, tau_a):
-    """Eq. 4: -1/N sum_i sum_j sigma_j(a_{gamma_i gamma_j}) log softmax_j(s_i . p_j / tau)."""
-    s, p, a = sketch.tolist(), photo.tolist(), sim.tolist()
-    n = len(s)
-    total = 0.0
-    for i in range(n):
-        target = _softmax([a[labels[i]][labels[j]] / tau_a for j in range(n)])
-        log_p = _log_softmax([_dot(s[i], p[k]) / tau for k in range(n)])
-        total += sum(t * lp for t, lp in zip(target, log_p))
-    return -total / n
-
-
 LABELS = [2, 0, 2, 1]  # class 2 twice; batch rows are not in class order
 TAU, TAU_A = 0.5, 0.25
 # Word and visual anchors of 3 classes in different spaces; their similarity rows have different sums.
@@ -180,18 +128,18 @@ VISUAL_ANCHORS = torch.tensor([[0.3, -1.0, 0.5, 0.2], [1.0, 0.1, 0.0, -0.4], [0.
 def _outputs():
     """Sketch and photo outputs whose every field differs, and adapted anchors (C, 4) per kind."""
     sketch = SketchAnAnchorOutput(
-        embeddings=_unit([[1.0, 0.3, -0.2, 0.0], [0.1, 1.0, 0.4, -0.5], [0.7, -0.2, 0.9, 0.1], [-0.3, 0.2, 0.1, 1.0]]),
-        word_embeddings=_unit([[0.9, -0.4, 0.2, 0.3], [0.0, 0.8, -0.6, 0.2], [0.5, 0.5, 0.5, -0.1], [-0.7, 0.1, 0.3, 0.6]]),
-        visual_embeddings=_unit([[0.2, 0.9, 0.1, -0.3], [1.0, -0.1, 0.3, 0.0], [-0.4, 0.3, 0.8, 0.2], [0.3, 0.3, -0.9, 0.4]]),
+        embeddings=unit([[1.0, 0.3, -0.2, 0.0], [0.1, 1.0, 0.4, -0.5], [0.7, -0.2, 0.9, 0.1], [-0.3, 0.2, 0.1, 1.0]]),
+        word_embeddings=unit([[0.9, -0.4, 0.2, 0.3], [0.0, 0.8, -0.6, 0.2], [0.5, 0.5, 0.5, -0.1], [-0.7, 0.1, 0.3, 0.6]]),
+        visual_embeddings=unit([[0.2, 0.9, 0.1, -0.3], [1.0, -0.1, 0.3, 0.0], [-0.4, 0.3, 0.8, 0.2], [0.3, 0.3, -0.9, 0.4]]),
     )
     photo = SketchAnAnchorOutput(
-        embeddings=_unit([[0.8, 0.6, 0.1, -0.2], [0.3, 0.9, -0.1, 0.1], [0.2, -0.5, 1.0, 0.4], [0.0, -0.3, 0.4, 0.9]]),
-        word_embeddings=_unit([[0.6, 0.1, 0.7, -0.2], [-0.2, 1.0, 0.0, 0.5], [0.9, 0.2, -0.3, 0.1], [0.1, -0.6, 0.5, 0.7]]),
-        visual_embeddings=_unit([[-0.1, 0.7, 0.6, 0.2], [0.8, 0.4, -0.2, 0.3], [0.1, 0.1, 0.9, -0.6], [0.5, -0.5, 0.1, 0.8]]),
+        embeddings=unit([[0.8, 0.6, 0.1, -0.2], [0.3, 0.9, -0.1, 0.1], [0.2, -0.5, 1.0, 0.4], [0.0, -0.3, 0.4, 0.9]]),
+        word_embeddings=unit([[0.6, 0.1, 0.7, -0.2], [-0.2, 1.0, 0.0, 0.5], [0.9, 0.2, -0.3, 0.1], [0.1, -0.6, 0.5, 0.7]]),
+        visual_embeddings=unit([[-0.1, 0.7, 0.6, 0.2], [0.8, 0.4, -0.2, 0.3], [0.1, 0.1, 0.9, -0.6], [0.5, -0.5, 0.1, 0.8]]),
     )
     adapted = {
-        "word": _unit([[0.9, 0.1, -0.3, 0.2], [0.2, 0.8, 0.4, -0.1], [-0.5, 0.3, 0.7, 0.6]]),
-        "visual": _unit([[0.1, -0.8, 0.5, 0.3], [0.7, 0.7, 0.0, -0.2], [0.4, 0.2, -0.6, 0.9]]),
+        "word": unit([[0.9, 0.1, -0.3, 0.2], [0.2, 0.8, 0.4, -0.1], [-0.5, 0.3, 0.7, 0.6]]),
+        "visual": unit([[0.1, -0.8, 0.5, 0.3], [0.7, 0.7, 0.0, -0.2], [0.4, 0.2, -0.6, 0.9]]),
     }
     return sketch, photo, adapted
 
@@ -249,13 +197,7 @@ def test_seven_terms_each_follow_their_equation_with_the_right_roles():
     labels = torch.tensor(LABELS)
     sims = {"word": anchor_similarity(WORD_ANCHORS), "visual": anchor_similarity(VISUAL_ANCHORS)}
     out = sketch_an_anchor_loss(sketch, photo, labels, adapted, sims, temperature=TAU, anchor_temperature=TAU_A)
-    expected = {"loss_nce": ref_eq1(sketch.embeddings, photo.embeddings, TAU)}
-    for kind in ("word", "visual"):
-        field = f"{kind}_embeddings"
-        for domain, output in (("sketch", sketch), ("photo", photo)):
-            expected[f"loss_sem_{kind}_{domain}"] = ref_eq3(getattr(output, field), LABELS, adapted[kind], sims[kind], TAU, TAU_A)
-        expected[f"loss_sample_{kind}"] = ref_eq4(getattr(sketch, field), getattr(photo, field), LABELS, sims[kind], TAU, TAU_A)
-    expected["loss"] = sum(expected.values())
+    expected = ref_total(sketch, photo, LABELS, adapted, sims, TAU, TAU_A)
     got = out.as_floats()
     assert set(got) == set(expected)
     for key, value in expected.items():

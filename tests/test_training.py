@@ -18,6 +18,7 @@ from hf_sbir.training.methods import get_method_class
 from hf_sbir.training.trainer import push_folder_to_hub
 
 from conftest import REPO_ROOT, tiny_vit_config
+from paper_losses import ref_eq2, ref_total
 
 pytestmark = pytest.mark.slow
 
@@ -68,16 +69,37 @@ def test_loss_goes_down_on_a_fixed_batch(tmp_path):
     from hf_sbir.training.trainer import load_data
 
     method.setup(initial, load_data(args), transform, Accelerator())
-    batch = method.next_batch(0)
+    batches = [method.next_batch(step) for step in range(args.iterations)]  # what the run trained on
+    batch = batches[0]
     trained = AutoModel.from_pretrained(result.model_dir)
     trained.config.anchor_class_names = initial.config.anchor_class_names
+
+    def paper_loss(model, batch):
+        """The seven-term objective of the paper (eq. 1-4, plain-Python oracle) on one batch."""
+        with torch.no_grad():
+            sketch = model(pixel_values=batch["sketch_pixel_values"])
+            photo = model(pixel_values=batch["photo_pixel_values"])
+            adapted = model.adapt_anchors(batch["word_anchors"], batch["visual_anchors"]).as_dict()
+        sims = {k: ref_eq2(batch[f"{k}_anchors"]) for k in ("word", "visual")}
+        cfg = model.config
+        return ref_total(sketch, photo, batch["labels"], adapted, sims, cfg.contrastive_temperature, cfg.anchor_similarity_temperature)
+
+    initial.eval(), trained.eval()
+    before = paper_loss(initial, batch)
+    # The loop minimised the paper's loss: the method's step computes exactly that objective ...
     with torch.no_grad():
-        before, _ = method.training_step(initial.eval(), batch, 0)
-        after, _ = method.training_step(trained.eval(), batch, 0)
-    assert after.item() < before.item()
+        step_loss, step_logs = method.training_step(initial, batch, 0)
+    assert step_loss.item() == pytest.approx(before["loss"], rel=1e-4)
+    assert set(step_logs) >= set(before)
+    # ... and training lowered it, on the fixed batch of step 0 and on average over the batches it saw.
+    assert paper_loss(trained, batch)["loss"] < before["loss"]
+    mean = lambda model: sum(paper_loss(model, b)["loss"] for b in batches) / len(batches)  # noqa: E731
+    assert mean(trained) < mean(initial)
     # Logged to the JSON-lines tracker.
     lines = (result.output_dir / "logs" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 10 and "loss_nce" in json.loads(lines[0])
+    # train()'s first logged loss is that objective on the same batch and the same starting weights.
+    assert json.loads(lines[0])["loss"] == pytest.approx(before["loss"], rel=1e-4)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
