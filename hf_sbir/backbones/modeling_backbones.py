@@ -101,8 +101,9 @@ class TokenBackbone(nn.Module):
         self.model = model
         self.config = model.config
         self.hidden_size = model.config.hidden_size
-        norm_name = VIT_FAMILY[model.config.model_type]
-        self._extra_norm = getattr(model, norm_name) if norm_name else None
+        # Only the name: holding the module itself would register its weights twice (shared tensors),
+        # which save_pretrained refuses.
+        self._extra_norm_name = VIT_FAMILY[model.config.model_type]
         self._pending_extra: torch.Tensor | None = None
         model.embeddings.register_forward_hook(self._insert_extra_tokens)
 
@@ -124,8 +125,8 @@ class TokenBackbone(nn.Module):
             states = self.model(pixel_values=pixel_values, **kwargs).last_hidden_state
         finally:
             self._pending_extra = None
-        if self._extra_norm is not None:
-            states = self._extra_norm(states)
+        if self._extra_norm_name is not None:
+            states = getattr(self.model, self._extra_norm_name)(states)
         extra_states = states[:, 1 : 1 + n_extra] if n_extra else None
         return TokenBackboneOutput(last_hidden_state=states, pooled_output=states[:, 0], extra_token_states=extra_states)
 
