@@ -34,11 +34,42 @@ def test_forward_shapes_and_normalisation(tiny_config):
 
 
 def test_rtr_tokens_change_the_sequence_not_the_backbone_weights(tiny_config):
+    """RTR_word / RTR_visual are two extra tokens in the input sequence (paper §3.4): the backbone keeps the
+    architecture and weights of the plain transformers model, and without the tokens computes exactly
+    what that plain model computes."""
+    from transformers import ViTModel
+
     model = SketchAnAnchorModel(tiny_config).eval()
+    plain = ViTModel(tiny_config.backbone_config, add_pooling_layer=False).eval()
+    # Same parameters as the plain model, so its checkpoints load as they are; the tokens live outside.
+    assert set(model.backbone.model.state_dict()) == set(plain.state_dict())
+    plain.load_state_dict(model.backbone.model.state_dict())
+    assert model.rtr_tokens.shape == (2, 32) and not any("rtr" in k for k in model.backbone.state_dict())
+    weights = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
     x = torch.randn(2, 3, 32, 32)
-    plain = model.backbone.model(pixel_values=x).last_hidden_state
-    assert plain.shape[1] == 1 + 16  # the hook only fires when extra tokens are passed
-    assert model.get_image_features(x).shape == (2, 32)
+    with torch.no_grad():
+        reference = plain(pixel_values=x).last_hidden_state  # (2, 1 + 16, 32)
+        out = model(pixel_values=x, output_hidden_states=True)
+        # Without the tokens the backbone is the plain model: the image features are its CLS state.
+        assert torch.allclose(model.get_image_features(x), reference[:, 0], atol=1e-6)
+        assert torch.allclose(model.backbone.model(pixel_values=x).last_hidden_state, reference, atol=1e-6)
+    # With them the sequence is CLS, RTR_word, RTR_visual, then the 16 patches ...
+    assert out.last_hidden_state.shape == (2, 1 + 2 + 16, 32)
+    assert torch.equal(out.word_token_state, out.last_hidden_state[:, 1])
+    assert torch.equal(out.visual_token_state, out.last_hidden_state[:, 2])
+    assert torch.equal(out.image_features, out.last_hidden_state[:, 0])
+    # ... the patches attend to them (the CLS state moves) ...
+    assert not torch.allclose(out.image_features, reference[:, 0], atol=1e-4)
+    # ... and the tokens are what the word / visual representations are read from.
+    with torch.no_grad():
+        model.rtr_tokens[1] += torch.randn(32)  # (a constant shift would vanish in LayerNorm)
+        moved = model(pixel_values=x)
+    assert not torch.allclose(moved.visual_token_state, out.visual_token_state, atol=1e-4)
+    assert not torch.allclose(moved.visual_embeddings, out.visual_embeddings, atol=1e-4)
+    # Running the model changed no backbone weight.
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, weights[key]), key
 
 
 def test_other_resolution_interpolates_position_embeddings(tiny_config):
@@ -47,15 +78,39 @@ def test_other_resolution_interpolates_position_embeddings(tiny_config):
 
 
 @pytest.mark.parametrize("kind", ["dinov2", "clip_vision_model"])
-def test_other_vit_family_backbones(kind):
+def test_other_vit_family_backbones(kind, tmp_path):
+    """A DINOv2 or CLIP vision checkpoint works as the backbone: `from_backbone` loads its weights (the
+    image features are the checkpoint's own CLS representation), the two RTR tokens join its sequence,
+    and the model saves and loads."""
     if kind == "dinov2":
-        from transformers import Dinov2Config as C
+        from transformers import Dinov2Config as C, Dinov2Model as M
     else:
-        from transformers import CLIPVisionConfig as C
+        from transformers import CLIPVisionConfig as C, CLIPVisionModel as M
     bb = C(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
-    model = SketchAnAnchorModel(tiny_sketch_an_anchor_config(bb)).eval()
-    out = model(pixel_values=torch.randn(2, 3, 32, 32))
+    checkpoint = M(bb).eval()
+    checkpoint.save_pretrained(tmp_path / "ckpt")
+    model = SketchAnAnchorModel.from_backbone(
+        str(tmp_path / "ckpt"), projection_dim=16, gcn_hidden_size=24, gcn_num_layers=2, word_anchor_dim=10
+    ).eval()
+    assert model.config.backbone_config.model_type == kind
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = checkpoint(pixel_values=x)
+        # The checkpoint's own image representation: DINOv2's normed CLS state, CLIP's pooled (post-LN) CLS.
+        expected = reference.pooler_output if kind == "clip_vision_model" else reference.last_hidden_state[:, 0]
+        torch.testing.assert_close(model.get_image_features(x), expected, atol=1e-5, rtol=1e-5)
+        out = model(pixel_values=x, output_hidden_states=True)
     assert out.embeddings.shape == (2, 16)
+    assert torch.allclose(out.embeddings.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert out.last_hidden_state.shape == (2, 1 + 2 + 16, 32)
+    assert not torch.allclose(out.image_features, expected, atol=1e-4)  # the RTR tokens are attended to
+    # Final-norm handling: the token states are normalised like the CLS state (unit-variance rows).
+    token_std = out.word_token_state.std(dim=-1, unbiased=False)
+    assert torch.allclose(token_std, torch.ones(2), atol=0.05)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = AutoModel.from_pretrained(tmp_path / "saved").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values=x).embeddings, out.embeddings)
 
 
 def test_save_load_round_trip_identical(tmp_path, tiny_config):
