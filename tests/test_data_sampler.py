@@ -40,6 +40,18 @@ def test_distinct_classes_per_batch_by_default_and_classes_per_batch():
             assert sorted(Counter(SKETCH_LABELS[i] for i in s_idx).values()) == [3, 3], (seed, step)
     with pytest.raises(ValueError, match="classes_per_batch"):
         _sampler(batch_size=4, classes_per_batch=5)
+    with pytest.raises(ValueError, match="classes_per_batch"):
+        _sampler(batch_size=4, classes_per_batch=0)
+    # One class per batch is allowed: every position the same class.
+    s_idx, p_idx = _sampler(batch_size=4, classes_per_batch=1, seed=1).batch(0)
+    assert len({SKETCH_LABELS[i] for i in s_idx} | {PHOTO_LABELS[j] for j in p_idx}) == 1
+
+
+def test_batch_size_one_is_one_pair_and_zero_is_refused():
+    s_idx, p_idx = _sampler(batch_size=1).batch(0)
+    assert len(s_idx) == len(p_idx) == 1 and SKETCH_LABELS[s_idx[0]] == PHOTO_LABELS[p_idx[0]]
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 1, got 0$"):
+        _sampler(batch_size=0)
 
 
 def test_more_positions_than_classes_repeat_every_class_evenly():
@@ -55,20 +67,18 @@ def test_more_positions_than_classes_repeat_every_class_evenly():
     assert sorted(Counter(SKETCH_LABELS[i] for i in s_idx).values()) == [2, 2, 3]
 
 
-def test_items_repeat_within_a_class_only_when_it_is_too_small():
-    # Classes 1 (10 sketches, 2 photos) and 5 (20 sketches, 3 photos) with 4 positions each.
-    sampler = _sampler(batch_size=8, classes_per_batch=2, seed=0)
+@pytest.mark.parametrize("batch_size", [8, 6])  # 4 or 3 positions per class: class sizes on both sides of it
+def test_items_repeat_within_a_class_only_when_it_is_too_small(batch_size):
+    per_class = batch_size // 2
+    sampler = _sampler(batch_size=batch_size, classes_per_batch=2, seed=0)
     for step in range(60):
         s_idx, p_idx = sampler.batch(step)
         for c in {SKETCH_LABELS[i] for i in s_idx}:
-            sketches = [i for i in s_idx if SKETCH_LABELS[i] == c]
-            photos = [j for j in p_idx if PHOTO_LABELS[j] == c]
-            if SKETCH_LABELS.count(c) >= 4:
-                assert len(set(sketches)) == 4, (step, c)  # enough sketches: no repeat
-            if PHOTO_LABELS.count(c) >= 4:
-                assert len(set(photos)) == 4, (step, c)
-            else:
-                assert set(photos) <= {j for j, label in enumerate(PHOTO_LABELS) if label == c}
+            for chosen, labels in (([i for i in s_idx if SKETCH_LABELS[i] == c], SKETCH_LABELS), ([j for j in p_idx if PHOTO_LABELS[j] == c], PHOTO_LABELS)):
+                assert len(chosen) == per_class
+                assert set(chosen) <= {i for i, label in enumerate(labels) if label == c}
+                if labels.count(c) >= per_class:  # enough items (exactly enough included): no repeat
+                    assert len(set(chosen)) == per_class, (step, c)
 
 
 def test_positions_are_mixed_not_in_class_blocks():
@@ -120,5 +130,30 @@ def test_num_batches_and_endless_len():
 
 
 def test_no_eligible_class():
-    with pytest.raises(ValueError, match="both a sketch and a photo"):
+    with pytest.raises(ValueError, match="^No class has both a sketch and a photo; cannot build paired batches$"):
         PairedClassBatchSampler([0, 0], [1], batch_size=2)
+
+
+def test_resume_refuses_a_state_with_other_classes_per_batch():
+    state = _sampler(batch_size=6, classes_per_batch=2).state_dict()
+    assert state == {"seed": 0, "step": 0, "batch_size": 6, "classes_per_batch": 2}
+    with pytest.raises(ValueError, match="state_dict has classes_per_batch=2 but this sampler has 3"):
+        _sampler(batch_size=6, classes_per_batch=3).load_state_dict(state)
+
+
+def test_endless_sampler_len_error_says_why():
+    with pytest.raises(TypeError, match=r"^PairedClassBatchSampler without num_batches is endless and has no len\(\)$"):
+        len(_sampler())
+
+
+def test_from_datasets_reads_the_label_columns():
+    import datasets
+
+    sketches = datasets.Dataset.from_dict({"label": SKETCH_LABELS, "cls": SKETCH_LABELS})
+    photos = datasets.Dataset.from_dict({"label": PHOTO_LABELS, "cls": PHOTO_LABELS})
+    direct = _sampler(batch_size=4, seed=2)
+    for kwargs in ({}, {"label_column": "cls"}):
+        built = PairedClassBatchSampler.from_datasets(sketches, photos, batch_size=4, seed=2, **kwargs)
+        assert [built.batch(s) for s in range(5)] == [direct.batch(s) for s in range(5)]
+    with pytest.raises((KeyError, ValueError), match="nope"):
+        PairedClassBatchSampler.from_datasets(sketches, photos, batch_size=4, label_column="nope")
