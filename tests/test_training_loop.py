@@ -80,6 +80,9 @@ def test_resume_with_dropout_gives_the_weights_of_an_uninterrupted_run(tmp_path,
 
 
 # -- a method whose loss is a per-sample mean, so that accumulation can be compared exactly -------------
+ROWS_AS = "sketch_an_anchor"
+
+
 class _RowsMethod(TrainingMethod):
     """Step `t` at batch size B is rows [t*B, (t+1)*B) of a fixed stream, so two micro-batches of 4 are
     exactly the batch of 8; the loss is a per-sample mean (no in-batch negatives). Records every step it
@@ -111,7 +114,8 @@ class _RowsMethod(TrainingMethod):
 
 @pytest.fixture
 def rows_method(monkeypatch):
-    monkeypatch.setitem(METHODS, "rows", f"{__name__}:_RowsMethod")
+    # Registered under an existing method name: TrainConfig accepts only the shipped method names.
+    monkeypatch.setitem(METHODS, ROWS_AS, f"{__name__}:_RowsMethod")
     _RowsMethod.requested = []
     return _RowsMethod
 
@@ -121,7 +125,7 @@ def _rows_args(tmp_path, name, **overrides):
     # Weight decay makes the gradient's scale matter (Adam alone divides it out), so a micro-batch loss
     # that is not averaged over the accumulation steps shows.
     kwargs = dict(
-        method="rows", iterations=5, stop_after=3, batch_size=8, learning_rate=0.05, min_learning_rate=0.01, weight_decay=0.5,
+        method=ROWS_AS, iterations=5, stop_after=3, batch_size=8, learning_rate=0.05, min_learning_rate=0.01, weight_decay=0.5,
         warmup_iterations=2, checkpoint_every=1, keep_checkpoints=10, eval_before=False, output_dir=str(tmp_path / name),
         progress=False, log_with="none",
     )
@@ -163,7 +167,7 @@ def test_gradient_accumulation_with_clipping_matches_the_larger_batch(tmp_path, 
 
 @pytest.mark.parametrize("keep", [1, 2, 3])
 def test_keep_checkpoints_keeps_exactly_the_newest(tmp_path, rows_method, keep):
-    result = train(_rows_args(tmp_path, f"keep{keep}", iterations=6, stop_after=5, keep_checkpoints=keep))
+    result = train(_rows_args(tmp_path, f"keep{keep}", iterations=8, stop_after=5, keep_checkpoints=keep))
     assert [p.name for p in list_checkpoints(result.output_dir)] == [f"checkpoint-{i}" for i in range(6 - keep, 6)]
     # A resumed run continues from the newest one and keeps pruning to the newest `keep`.
     resumed = train(_rows_args(tmp_path, f"keep{keep}", iterations=8, stop_after=1, resume=True, keep_checkpoints=keep))
