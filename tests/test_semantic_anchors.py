@@ -139,3 +139,23 @@ def test_class_feature_statistics_are_the_per_class_mean_and_population_std():
     assert torch.equal(std1, torch.zeros(1, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"No training photos for anchor classes at indices \[1\]"):
         class_feature_statistics(features[:2], torch.tensor([0, 2]), 3)
+
+
+def test_save_overwrites_and_load_needs_both_files(tmp_path):
+    anchors = _anchors()
+    anchors.save(tmp_path / "a")
+    anchors.save(tmp_path / "a")  # a rerun writes its anchors again into the same folder
+    (tmp_path / "a" / "anchors.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="expected anchors.json and anchors.safetensors"):
+        SemanticAnchors.load(tmp_path / "a")
+    # Anchors saved without provenance load with an empty `meta`, like a freshly built one.
+    SemanticAnchors(class_names=["a"], word=torch.ones(1, 2)).save(tmp_path / "b")
+    (tmp_path / "b" / "anchors.json").write_text('{"class_names": ["a"]}')
+    assert SemanticAnchors.load(tmp_path / "b").meta == {}
+
+
+def test_to_keeps_missing_kinds_missing_and_the_provenance():
+    partial = SemanticAnchors(class_names=["a", "b"], visual_mean=torch.zeros(2, 3, dtype=torch.float64), meta={"backbone": "x"})
+    moved = partial.to(torch.device("cpu"))
+    assert moved.word is None and moved.word_neighbours is None and moved.visual_std is None
+    assert moved.meta == {"backbone": "x"} and moved.visual_mean.dtype == torch.float64

@@ -225,6 +225,16 @@ def test_unified_adjacency_structure():
     assert torch.allclose(adj[0, [0, 1, 2, 3]], torch.softmax(logits, 0), atol=1e-6)
 
 
+def test_unified_adjacency_of_one_anchor_kind_and_its_errors():
+    visual = torch.randn(4, 5, dtype=torch.float64)
+    adj = unified_adjacency(None, visual, temperature=0.5)
+    assert adj.shape == (4, 4) and adj.dtype == torch.float64
+    vn = torch.nn.functional.normalize(visual, dim=-1)
+    torch.testing.assert_close(adj, torch.softmax(vn @ vn.T / 0.5, dim=-1))
+    with pytest.raises(ValueError, match=r"^unified_adjacency needs word anchors, visual anchors, or both\.$"):
+        unified_adjacency(None, None, temperature=1.0)
+
+
 def test_gcn_zero_layers_is_projection_only():
     gcn = AnchorGCN(word_dim=5, visual_dim=4, hidden_size=8, output_dim=6, num_layers=0, temperature=0.1)
     word = torch.randn(3, 5)
