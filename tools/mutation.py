@@ -83,7 +83,7 @@ def prepare(name: str) -> Path:
     return work
 
 
-def report(name: str) -> dict:
+def report(name: str, quiet: bool = False) -> dict:
     from mutmut.stats import status_by_exit_code
 
     files, _ = MODULES[name]
@@ -102,7 +102,8 @@ def report(name: str) -> dict:
     checked = total - counts.get("not checked", 0)
     killed = sum(counts.get(k, 0) for k in KILLED)
     score = killed / checked if checked else float("nan")
-    print(f"{name}: {killed}/{checked} killed ({100 * score:.1f}%), of {total} mutants; {counts}")
+    if not quiet:
+        print(f"{name}: {killed}/{checked} killed ({100 * score:.1f}%), of {total} mutants; {counts}")
     return {"module": name, "killed": killed, "checked": checked, "total": total, "counts": counts, "survivors": survivors}
 
 
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
     parser.add_argument("--report", action="store_true", help="print the score of what has run; run nothing")
     parser.add_argument("--survivors", action="store_true", help="also list surviving / untested mutants")
+    parser.add_argument("--rerun-survivors", action="store_true", help="retry only the mutants that survived (after adding tests)")
     parser.add_argument("--max-children", default="1", help="parallel mutmut workers (default 1)")
     args = parser.parse_args(argv)
     if args.list or not args.module:
@@ -123,11 +125,16 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown module {unknown[0]!r}; choose from {sorted(MODULES)} or 'all'")
     for name in names:
-        work = prepare(name)
-        if not args.report:
+        if not args.report:  # (a report never touches a work folder: a run may be using it)
+            work = prepare(name)
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its copy first
             env.setdefault("OMP_NUM_THREADS", "1")
-            subprocess.run(["mutmut", "run", "--max-children", args.max_children], cwd=work, env=env, check=False)
+            # mutmut keeps earlier verdicts; survivors are retried only when named.
+            retry = [s.split(": ", 1)[1] for s in report(name, quiet=True)["survivors"]] if args.rerun_survivors else []
+            if args.rerun_survivors and not retry:
+                print(f"{name}: no survivors to retry")
+            else:
+                subprocess.run(["mutmut", "run", "--max-children", args.max_children, *retry], cwd=work, env=env, check=False)
         result = report(name)
         if args.survivors:
             print("\n".join(result["survivors"]))
