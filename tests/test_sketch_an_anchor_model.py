@@ -235,6 +235,26 @@ def test_unified_adjacency_of_one_anchor_kind_and_its_errors():
         unified_adjacency(None, None, temperature=1.0)
 
 
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_gcn_layers_follow_eq5_with_relu_between_layers(num_layers):
+    """Eq. 5, V^{l+1} = Â V^l W^l, stacked with a ReLU between layers and none after the last, the output
+    rows L2-normalised and split back into word and visual anchors."""
+    torch.manual_seed(0)
+    gcn = AnchorGCN(word_dim=5, visual_dim=4, hidden_size=8, output_dim=6, num_layers=num_layers, temperature=0.3)
+    word, visual = torch.randn(3, 5), torch.randn(3, 4)
+    adj = unified_adjacency(word, visual, temperature=0.3)
+    hidden = torch.cat([gcn.word_in(word), gcn.visual_in(visual)])
+    for i, layer in enumerate(gcn.layers):
+        hidden = adj @ (hidden @ layer.weight.T)
+        if i < num_layers - 1:
+            hidden = hidden.clamp_min(0)
+    expected = torch.nn.functional.normalize(hidden, dim=-1)
+    out = gcn(word, visual)
+    torch.testing.assert_close(out.word, expected[:3])
+    torch.testing.assert_close(out.visual, expected[3:])
+    assert (expected < 0).any()  # no ReLU after the last layer: adapted anchors can point anywhere
+
+
 def test_gcn_zero_layers_is_projection_only():
     gcn = AnchorGCN(word_dim=5, visual_dim=4, hidden_size=8, output_dim=6, num_layers=0, temperature=0.1)
     word = torch.randn(3, 5)
