@@ -94,10 +94,10 @@ def test_randomisation_switches_give_the_stored_anchors():
 
 def test_missing_anchor_kind_is_a_clear_error():
     only_visual = SemanticAnchors(class_names=["a"], visual_mean=torch.zeros(1, 3))
-    with pytest.raises(ValueError, match="no word vectors"):
+    with pytest.raises(ValueError, match=r"^These anchors have no word vectors; build them with a text embedder\.$"):
         only_visual.sample()
     only_word = SemanticAnchors(class_names=["a"], word=torch.zeros(1, 3))
-    with pytest.raises(ValueError, match="no visual centres"):
+    with pytest.raises(ValueError, match=r"^These anchors have no visual centres; build them from training photos\.$"):
         only_word.sample()
     with pytest.raises(ValueError, match="anchors.visual_std has 2 rows but there are 1 class names"):
         SemanticAnchors(class_names=["a"], visual_mean=torch.zeros(1, 3), visual_std=torch.ones(2, 3))

@@ -260,6 +260,9 @@ def test_gcn_zero_layers_is_projection_only():
     word = torch.randn(3, 5)
     out = gcn(word, None)
     assert out.visual is None and out.word.shape == (3, 6)
+    only_visual = gcn(None, torch.randn(3, 4))
+    assert only_visual.word is None and only_visual.visual.shape == (3, 6)
+    assert gcn(None, None).as_dict() == {}
     assert torch.allclose(out.word, torch.nn.functional.normalize(gcn.word_in(word), dim=-1))
 
 
