@@ -220,3 +220,13 @@ def test_one_anchor_kind_gives_four_terms():
         + ref_eq4(sketch.visual_embeddings, photo.visual_embeddings, LABELS, sim, TAU, TAU_A)
     )
     assert out.total.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_losses_stay_on_the_inputs_device():
+    """Every term is computed where its inputs live (a GPU run must not build targets on the CPU). The
+    "meta" device stands in for a GPU here: it has no data, but mixes with CPU tensors no better."""
+    meta = lambda *shape: torch.randn(*shape, device="meta")  # noqa: E731
+    labels = torch.tensor([0, 1, 1], device="meta")
+    assert info_nce_loss(meta(3, 4), meta(3, 4), 0.1).device.type == "meta"
+    assert anchored_semantic_loss(meta(3, 4), labels, meta(2, 4), meta(2, 2), 0.1, 0.1).device.type == "meta"
+    assert anchored_sample_loss(meta(3, 4), meta(3, 4), labels, meta(2, 2), 0.1, 0.1).device.type == "meta"

@@ -159,3 +159,16 @@ def test_to_keeps_missing_kinds_missing_and_the_provenance():
     moved = partial.to(torch.device("cpu"))
     assert moved.word is None and moved.word_neighbours is None and moved.visual_std is None
     assert moved.meta == {"backbone": "x"} and moved.visual_mean.dtype == torch.float64
+
+
+def test_to_moves_every_stored_tensor():
+    moved = _anchors().to("meta")  # "meta" stands in for a GPU: tensors without data
+    for name in ("word", "word_neighbours", "visual_mean", "visual_std"):
+        assert getattr(moved, name).device.type == "meta", name
+
+
+def test_corrupt_saved_anchors_are_one_clear_error(tmp_path):
+    _anchors().save(tmp_path / "a")
+    (tmp_path / "a" / "anchors.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match=r"^Corrupt saved anchors in .*a \([A-Za-z]+(Error|Exception): .+\)$"):
+        SemanticAnchors.load(tmp_path / "a")

@@ -233,6 +233,9 @@ def test_unified_adjacency_of_one_anchor_kind_and_its_errors():
     torch.testing.assert_close(adj, torch.softmax(vn @ vn.T / 0.5, dim=-1))
     with pytest.raises(ValueError, match=r"^unified_adjacency needs word anchors, visual anchors, or both\.$"):
         unified_adjacency(None, None, temperature=1.0)
+    # Built on the anchors' device (the "meta" device stands in for a GPU).
+    meta = unified_adjacency(torch.randn(3, 5, device="meta"), torch.randn(3, 4, device="meta"), temperature=1.0)
+    assert meta.device.type == "meta" and meta.shape == (6, 6)
 
 
 @pytest.mark.parametrize("num_layers", [1, 3])
