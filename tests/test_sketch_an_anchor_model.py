@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel
 
 import hf_sbir  # noqa: F401  (registers the Auto classes)
 from hf_sbir import SketchAnAnchorConfig, SketchAnAnchorModel
+from hf_sbir.models.sketch_an_anchor import GatedLinearProjection, SelfAttentionAggregation
 from hf_sbir.anchors.gcn import AnchorGCN, unified_adjacency
 from hf_sbir.losses import anchor_similarity, sketch_an_anchor_loss
 
@@ -93,6 +94,7 @@ def test_other_vit_family_backbones(kind, tmp_path):
         str(tmp_path / "ckpt"), projection_dim=16, gcn_hidden_size=24, gcn_num_layers=2, word_anchor_dim=10
     ).eval()
     assert model.config.backbone_config.model_type == kind
+    assert model.config.backbone_name_or_path == str(tmp_path / "ckpt")  # recorded for the model card
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         reference = checkpoint(pixel_values=x)
@@ -210,6 +212,44 @@ def test_gradients_reach_tokens_heads_gcn_and_backbone(tiny_config):
         assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
 
 
+def test_gated_projection_and_self_attention_follow_their_formulas():
+    """p(x): y = Wx + b, out = y * sigmoid(W_g y + b_g) (context gating); sa(h_1..h_K): p = softmax_i(u . A h_i
+    / sqrt(d)), out = sum_i p_i C h_i (Sukhbaatar et al.), a weighted average of the token outputs."""
+    torch.manual_seed(0)
+    proj = GatedLinearProjection(6, 4)
+    x = torch.randn(3, 6)
+    y = x @ proj.linear.weight.T + proj.linear.bias
+    torch.testing.assert_close(proj(x), y * torch.sigmoid(y @ proj.gate.weight.T + proj.gate.bias))
+
+    sa = SelfAttentionAggregation(6, 4)
+    with torch.no_grad():
+        sa.query.copy_(torch.randn(4))
+    states = torch.randn(3, 2, 6)
+    scores = (states @ sa.key.weight.T + sa.key.bias) @ sa.query / 2.0  # sqrt(4)
+    weights = torch.softmax(scores, dim=1)
+    values = states @ sa.value.weight.T + sa.value.bias
+    out, got_weights = sa(states)
+    torch.testing.assert_close(got_weights, weights)
+    torch.testing.assert_close(out, (weights[..., None] * values).sum(dim=1))
+
+
+def test_adapted_anchors_come_back_for_the_kinds_given(tiny_config):
+    model = SketchAnAnchorModel(tiny_config).eval()
+    x = torch.randn(2, 3, 32, 32)
+    word, visual = torch.randn(3, 10), torch.randn(3, 32)
+    with torch.no_grad():
+        none = model(pixel_values=x)
+        only_word = model(pixel_values=x, word_anchors=word)
+        only_visual = model(pixel_values=x, visual_anchors=visual)
+        both = model(pixel_values=x, word_anchors=word, visual_anchors=visual)
+    assert none.adapted_word_anchors is None and none.adapted_visual_anchors is None
+    assert only_word.adapted_word_anchors.shape == (3, 16) and only_word.adapted_visual_anchors is None
+    assert only_visual.adapted_visual_anchors.shape == (3, 16) and only_visual.adapted_word_anchors is None
+    adapted = model.adapt_anchors(word, visual)
+    torch.testing.assert_close(both.adapted_word_anchors, adapted.word)
+    torch.testing.assert_close(both.adapted_visual_anchors, adapted.visual)
+
+
 def test_unified_adjacency_structure():
     word, visual = torch.randn(3, 5), torch.randn(3, 4)
     adj = unified_adjacency(word, visual, temperature=1.0)
@@ -273,7 +313,9 @@ def test_adapt_anchors_checks_shapes(tiny_config):
     model = SketchAnAnchorModel(tiny_config)
     with pytest.raises(ValueError, match="word_anchors must have shape"):
         model.adapt_anchors(torch.randn(3, 7), None)
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match=r"^visual_anchors must have shape \(num_classes, 32\); got \(3, 7\)\.$"):
+        model.adapt_anchors(None, torch.randn(3, 7))
+    with pytest.raises(ValueError, match=r"^word_anchors \(3 classes\) and visual_anchors \(4\) differ\.$"):
         model.adapt_anchors(torch.randn(3, 10), torch.randn(4, 32))
 
 
