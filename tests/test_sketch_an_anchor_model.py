@@ -338,12 +338,72 @@ def test_bad_configs_raise_clear_errors(kwargs, message):
         SketchAnAnchorConfig(**base)
 
 
+def test_config_defaults_are_the_papers_recipe():
+    """§4.2 and §3.5: 512-unit projections and a 4-layer, 512-unit GCN, backbone gradient x 0.1, the 10 nearest
+    words, visual noise at the class std, both anchor kinds and both randomisations on."""
+    config = SketchAnAnchorConfig(backbone_config=tiny_vit_config())
+    expected = dict(
+        projection_dim=512, gcn_num_layers=4, gcn_hidden_size=512, backbone_gradient_scale=0.1, word_anchor_neighbours=10,
+        visual_anchor_noise_scale=1.0, randomize_word_anchors=True, randomize_visual_anchors=True, use_word_anchors=True,
+        use_visual_anchors=True, word_anchor_dim=384, visual_anchor_dim=32, num_anchor_classes=0, anchor_class_names=None,
+        backbone_name_or_path=None, contrastive_temperature=0.1, anchor_similarity_temperature=0.1, initializer_range=0.02,
+    )
+    for key, value in expected.items():
+        assert getattr(config, key) == value, key
+
+
+def test_config_records_what_it_is_given():
+    config = SketchAnAnchorConfig(
+        backbone_config=tiny_vit_config(), backbone_name_or_path="some/backbone", visual_anchor_dim=7,
+        anchor_class_names=("cat", "dog"), randomize_word_anchors=False, gcn_num_layers=0, backbone_gradient_scale=0.0,
+        visual_anchor_noise_scale=0.0, word_anchor_dim=1,
+    )
+    assert config.backbone_name_or_path == "some/backbone" and config.visual_anchor_dim == 7
+    assert config.anchor_class_names == ["cat", "dog"] and config.num_anchor_classes == 2  # derived from the names
+    assert config.randomize_word_anchors is False and config.gcn_num_layers == 0
+    assert SketchAnAnchorConfig(backbone_config=tiny_vit_config(), num_anchor_classes=5).num_anchor_classes == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"word_anchor_dim": 0}, "word_anchor_dim must be a positive integer; got 0."),
+        ({"gcn_hidden_size": -3}, "gcn_hidden_size must be a positive integer; got -3."),
+        ({"word_anchor_neighbours": True}, "word_anchor_neighbours must be a positive integer; got True."),
+        ({"visual_anchor_dim": 0}, "visual_anchor_dim must be a positive integer; got 0."),
+        ({"projection_dim": 2.5}, "projection_dim must be a positive integer; got 2.5."),
+        ({"anchor_similarity_temperature": 0.0}, "anchor_similarity_temperature must be > 0; got 0.0."),
+        ({"visual_anchor_noise_scale": -0.5}, "visual_anchor_noise_scale must be >= 0; got -0.5."),
+        ({"anchor_class_names": ["a", "b"], "num_anchor_classes": 1}, "num_anchor_classes (1) does not match len(anchor_class_names) (2)."),
+    ],
+)
+def test_config_errors_name_the_setting_and_the_value(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        SketchAnAnchorConfig(backbone_config=tiny_vit_config(), **kwargs)
+    assert str(info.value) == message
+
+
+def test_return_dict_false_gives_a_tuple(tiny_config):
+    model = SketchAnAnchorModel(tiny_config).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        out = model(pixel_values=x)
+        as_tuple = model(pixel_values=x, return_dict=False)
+        explicit = model(pixel_values=x, return_dict=True)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.embeddings)
+    assert torch.equal(explicit.embeddings, out.embeddings)
+
+
 def test_bad_pixel_values_raise_clear_errors(tiny_config):
     model = SketchAnAnchorModel(tiny_config)
-    with pytest.raises(ValueError, match="pixel_values is required"):
+    with pytest.raises(ValueError, match=r"^pixel_values is required: a \(batch, 3, height, width\) float tensor of processed images\.$"):
         model()
-    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):
+    with pytest.raises(ValueError, match=r"^pixel_values must be a \(batch, 3, height, width\) tensor; got \(2, 1, 32, 32\)\. Process images with the model's image processor \(sketches are converted to 3-channel RGB\)\.$"):
         model(pixel_values=torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"got \(3, 32, 32\)\."):
+        model(pixel_values=torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match=r"tensor; got list\."):
+        model(pixel_values=[[0.0]])
     with pytest.raises(ValueError, match="float tensor"):
         model(pixel_values=torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
 
