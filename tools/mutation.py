@@ -40,7 +40,7 @@ MODULES = {
     ),
     "metrics": (["hf_sbir/metrics/*"], ["tests/test_metrics.py"]),
     "sampler": (["hf_sbir/data/sampler.py"], ["tests/test_data_sampler.py"]),
-    "zero_shot": (["hf_sbir/data/zero_shot.py"], ["tests/test_data_splits.py"]),
+    "zero_shot": (["hf_sbir/data/zero_shot.py"], ["tests/test_data_splits.py", "tests/test_faults.py"]),
     "trainer": (["hf_sbir/training/trainer.py"], ["tests/test_training.py", "tests/test_training_loop.py"]),
     "model": (
         ["hf_sbir/models/sketch_an_anchor/*"],
