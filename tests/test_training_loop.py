@@ -84,12 +84,12 @@ ROWS_AS = "sketch_an_anchor"
 
 
 class _RowsMethod(TrainingMethod):
-    """Step `t` at batch size B is rows [t*B, (t+1)*B) of a fixed stream, so two micro-batches of 4 are
-    exactly the batch of 8; the loss is a per-sample mean (no in-batch negatives). Records every step it
-    is asked for."""
+    """The global batch of step `t` with `size` items is rows [t*size, (t+1)*size) of a fixed stream; the loss
+    is a per-sample mean (no in-batch negatives), so accumulated micro-batches must give exactly the
+    gradient of the larger batch. Records the rows of every micro-batch it builds."""
 
     name = "rows"
-    requested: list[int] = []
+    built: list[list[int]] = []
 
     def build_model(self):
         return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
@@ -100,12 +100,14 @@ class _RowsMethod(TrainingMethod):
     def load_data(self):
         return None
 
-    def next_batch(self, step):
-        type(self).requested.append(step)
+    def batch_plan(self, step, size):
+        return list(range(step * size, (step + 1) * size))
+
+    def make_batch(self, step, plan):
+        type(self).built.append(list(plan))
         g = torch.Generator().manual_seed(1000)
-        stream_x, stream_y = torch.randn(200, 6, generator=g), torch.randn(200, 3, generator=g)
-        rows = slice(step * self.args.batch_size, (step + 1) * self.args.batch_size)
-        return {"x": stream_x[rows], "y": stream_y[rows]}
+        stream_x, stream_y = torch.randn(400, 6, generator=g), torch.randn(400, 3, generator=g)
+        return {"x": stream_x[plan], "y": stream_y[plan]}
 
     def training_step(self, model, batch, step):
         loss = (model(batch["x"]) - batch["y"]).pow(2).sum(-1).mean()
@@ -116,18 +118,19 @@ class _RowsMethod(TrainingMethod):
 def rows_method(monkeypatch):
     # Registered under an existing method name: TrainConfig accepts only the shipped method names.
     monkeypatch.setitem(METHODS, ROWS_AS, f"{__name__}:_RowsMethod")
-    _RowsMethod.requested = []
+    _RowsMethod.built = []
     return _RowsMethod
 
 
 def _rows_args(tmp_path, name, **overrides):
-    # stop_after < iterations: the run ends at a checkpoint and skips the export (this toy has no processor).
+    # stop_after < iterations: the run ends at a checkpoint and skips the export (this toy has no processor);
+    # num_workers=0: the toy records its micro-batches in this process.
     # Weight decay makes the gradient's scale matter (Adam alone divides it out), so a micro-batch loss
     # that is not averaged over the accumulation steps shows.
     kwargs = dict(
         method=ROWS_AS, iterations=5, stop_after=3, batch_size=8, learning_rate=0.05, min_learning_rate=0.01, weight_decay=0.5,
         warmup_iterations=2, checkpoint_every=1, keep_checkpoints=10, eval_before=False, output_dir=str(tmp_path / name),
-        progress=False, log_with="none",
+        progress=False, log_with="none", num_workers=0,
     )
     kwargs.update(overrides)
     return TrainConfig(**kwargs)
@@ -139,11 +142,12 @@ def _checkpoint_weights(output_dir):
 
 def test_gradient_accumulation_uses_new_data_per_micro_batch_and_matches_the_larger_batch(tmp_path, rows_method):
     big = train(_rows_args(tmp_path, "big"))
-    assert rows_method.requested == [0, 1, 2]
-    rows_method.requested = []
+    assert rows_method.built == [list(range(t * 8, t * 8 + 8)) for t in range(3)]
+    rows_method.built = []
     accumulated = train(_rows_args(tmp_path, "acc", batch_size=4, gradient_accumulation_steps=2))
-    # Each optimiser step takes two micro-batches that no other step takes.
-    assert rows_method.requested == [0, 1, 2, 3, 4, 5]
+    # Each optimiser step's two micro-batches are the two halves of that step's batch of 8: every item
+    # once, none shared with another step.
+    assert rows_method.built == [list(range(m * 4, m * 4 + 4)) for m in range(6)]
     assert accumulated.iterations_done == big.iterations_done == 3
     # One optimiser (and LR-schedule) step per 2 micro-batches: the weights of the batch-8 run.
     a, b = _checkpoint_weights(big.output_dir), _checkpoint_weights(accumulated.output_dir)
