@@ -244,3 +244,59 @@ def test_step_anchors_are_a_fresh_draw_per_step_and_the_same_for_the_same_step(s
     for word in steps:
         is_neighbour = (word[:, None, :] == anchors.word_neighbours).all(-1).any(-1)
         assert is_neighbour.all()
+
+
+# -- push_to_hub, against a stand-in for the Hub client (tests never reach the network) --------------
+class _FakeHub:
+    calls: list = []
+    fail_with: Exception | None = None
+
+    def create_repo(self, repo_id, **kwargs):
+        type(self).calls.append(("create_repo", repo_id, kwargs))
+        if type(self).fail_with is not None:
+            raise type(self).fail_with
+
+    def upload_folder(self, **kwargs):
+        type(self).calls.append(("upload_folder", kwargs))
+        return f"https://huggingface.co/{kwargs['repo_id']}/commit/abc"
+
+
+def test_push_to_hub_creates_the_repo_if_needed_and_uploads_the_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from hf_sbir.training.trainer import push_folder_to_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeHub)
+    _FakeHub.calls, _FakeHub.fail_with = [], None
+    url = push_folder_to_hub(tmp_path / "model", "me/my-model")
+    assert url == "https://huggingface.co/me/my-model/commit/abc"
+    assert _FakeHub.calls == [
+        ("create_repo", "me/my-model", {"exist_ok": True}),  # a second push to the same repo works
+        ("upload_folder", {"folder_path": str(tmp_path / "model"), "repo_id": "me/my-model", "commit_message": "Upload hf-sbir model"}),
+    ]
+
+
+def test_push_to_hub_errors_say_what_to_do_and_where_the_model_is(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hf_sbir.training.trainer import push_folder_to_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeHub)
+    import httpx
+
+    response = httpx.Response(401, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
+    _FakeHub.calls, _FakeHub.fail_with = [], HfHubHTTPError("401 Unauthorized", response=response)
+    with pytest.raises(RuntimeError) as info:
+        push_folder_to_hub(tmp_path / "m", "me/x")
+    assert str(info.value) == (
+        "push_to_hub to 'me/x' failed: 401 Unauthorized. Log in with `hf auth login` (or set HF_TOKEN) and check the "
+        f"repository name. The model is saved locally in {tmp_path / 'm'}."
+    )
+    _FakeHub.fail_with = ConnectionError("no route")
+    with pytest.raises(RuntimeError) as info:
+        push_folder_to_hub(tmp_path / "m", "me/x")
+    assert str(info.value) == (
+        "push_to_hub to 'me/x' failed: the Hugging Face Hub is not reachable (ConnectionError: no route). "
+        f"The model is saved locally in {tmp_path / 'm'}; upload it later with `hf upload me/x {tmp_path / 'm'}`."
+    )
