@@ -57,7 +57,7 @@ DESELECT = [
     # Passes on its own, but in mutmut's stats pass its 1e-4 tolerance was exceeded (4e-3): to investigate.
     "tests/test_training.py::test_accumulated_micro_batches_are_the_shares_of_the_larger_batch",
 ]
-COPY = ["hf_sbir", "tests", "model_cards", "configs", "train.py"]
+COPY = ["hf_sbir", "tests", "model_cards", "configs", "spaces", "train.py"]
 # mutmut statuses that mean a test noticed the planted bug (a hang or a crash is noticed too).
 KILLED = ("killed", "timeout", "segfault", "caught by type check")
 
@@ -83,7 +83,7 @@ def prepare(name: str) -> Path:
         f"only_mutate = {_toml_list(files)}\n"
         f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
         f"pytest_add_cli_args = {_toml_list(['-p', 'no:cacheprovider', *deselect])}\n"
-        'also_copy = ["model_cards/", "configs/", "train.py"]\n'
+        'also_copy = ["model_cards/", "configs/", "spaces/", "train.py"]\n'
     )
     return work
 
