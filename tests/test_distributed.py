@@ -105,7 +105,9 @@ def _loss_worker(rank, world, store_file, out_dir):
 @pytest.fixture(scope="module")
 def gathered_losses(tmp_path_factory):
     out = tmp_path_factory.mktemp("gathered")
-    mp.start_processes(_loss_worker, args=(WORLD, str(out / "store"), str(out)), nprocs=WORLD, start_method="fork")
+    # spawn, not fork: a forked child inherits the parent's OpenMP thread pool after earlier tests used it, and its
+    # first parallel op then hangs (seen with 2 intra-op threads, CI's default).
+    mp.start_processes(_loss_worker, args=(WORLD, str(out / "store"), str(out)), nprocs=WORLD, start_method="spawn")
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
