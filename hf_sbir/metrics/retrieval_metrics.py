@@ -192,7 +192,7 @@ PROTOCOLS: dict[str, RetrievalProtocol] = {
     # Today's hf-sbir definitions (unchanged defaults): TREC AP over the whole ranking; mAP@200
     # divided by the relevant items retrieved in the top 200 (as SEM-PCYC's, but ties broken by
     # gallery index instead of grouped); P@k = hits@k / k; queries without relevant items count 0.
-    "textbook": RetrievalProtocol("textbook", reference="hf-sbir (TREC average precision; P@k = hits@k / k)"),
+    "textbook": RetrievalProtocol("textbook", reference="hf-sbir's own definitions: TREC average precision, P@k = hits@k / k"),
     # SAKE (Liu et al., ICCV 2019): eval_AP_inner + VOCap + eval_precision. Its test scripts run
     # with warnings as errors, so R = 0 makes eval_AP_inner return NaN, and np.nanmean skips it.
     # Its scripts print per-class means; the per-query mean is what later tables (ZSE-SBIR, ...)
