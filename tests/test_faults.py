@@ -273,7 +273,9 @@ def _run_killed(args: TrainConfig, target: str, nth: int, tmp_path: Path):
     config = tmp_path / "args.json"
     config.write_text(json.dumps(args.to_dict()))
     module, attr = target.split(":")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    # The child computes with this process's thread count: a different one changes float reduction order, and the
+    # resumed weights are compared bit for bit with a run made here.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, str(config), module, attr, str(nth)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
