@@ -21,14 +21,28 @@ def sbir_mini_root() -> Path:
     `../shared/data/sbir-mini` relative to the current directory and to the repository root of this
     package (the layout of the hf-sbir development checkout).
     """
-    env = os.environ.get(SBIR_MINI_ENV)
+    return _shared_dataset_root("sbir-mini", SBIR_MINI_ENV)
+
+
+def sketchy_small_root() -> Path:
+    """Find sketchy-small (116 Sketchy classes, 25 sketches + 25 photos each; research-only, not shipped).
+
+    Looked up as for `sbir_mini_root`, with `$HF_SBIR_SKETCHY_SMALL_ROOT` and `shared/data/sketchy-small`.
+    """
+    return _shared_dataset_root("sketchy-small", SKETCHY_SMALL_ENV)
+
+
+def _shared_dataset_root(name: str, env_var: str) -> Path:
+    """The folder (holding `sketch/` and `photo/`) of a developers' data set: `$env_var`, else `shared/data/<name>`
+    beside or one level above the current directory and this package's checkout."""
+    env = os.environ.get(env_var)
     candidates = [Path(env).expanduser()] if env else []
     repo_root = Path(__file__).resolve().parents[2]
     candidates += [
-        Path.cwd() / "shared/data/sbir-mini",
-        Path.cwd().parent / "shared/data/sbir-mini",
-        repo_root / "shared/data/sbir-mini",
-        repo_root.parent / "shared/data/sbir-mini",
+        Path.cwd() / "shared/data" / name,
+        Path.cwd().parent / "shared/data" / name,
+        repo_root / "shared/data" / name,
+        repo_root.parent / "shared/data" / name,
     ]
     for path in candidates:
         if (path / "sketch").is_dir() and (path / "photo").is_dir():
@@ -36,39 +50,11 @@ def sbir_mini_root() -> Path:
     # Absolute and once each: from the project root "../shared" and from elsewhere "../shared" are different
     # folders, and the same folder is often reached twice.
     tried = list(dict.fromkeys(str(p.resolve()) for p in candidates))
-    env_note = f" (${SBIR_MINI_ENV} is set to {env!r}, which has no sketch/ and photo/ folders)" if env else ""
+    env_note = f" (${env_var} is set to {env!r}, which has no sketch/ and photo/ folders)" if env else ""
     raise FileNotFoundError(
-        f"sbir-mini not found{env_note}. Point ${SBIR_MINI_ENV} at the folder that holds its sketch/ and photo/ "
-        f"folders (export {SBIR_MINI_ENV}=/path/to/sbir-mini), or pass that folder itself as the dataset. "
+        f"{name} not found{env_note}. Point ${env_var} at the folder that holds its sketch/ and photo/ "
+        f"folders (export {env_var}=/path/to/{name}), or pass that folder itself as the dataset. "
         f"Looked in: {', '.join(tried)}."
-    )
-
-
-def sketchy_small_root() -> Path:
-    """Find sketchy-small (116 Sketchy classes, 25 sketches + 25 photos each; research-only, not shipped).
-
-    Looked up, in order: `$HF_SBIR_SKETCHY_SMALL_ROOT`; `shared/data/sketchy-small` under the current
-    directory; `../shared/data/sketchy-small` relative to the current directory and to the repository
-    root of this package (as for `sbir_mini_root`).
-    """
-    env = os.environ.get(SKETCHY_SMALL_ENV)
-    candidates = [Path(env).expanduser()] if env else []
-    repo_root = Path(__file__).resolve().parents[2]
-    candidates += [
-        Path.cwd() / "shared/data/sketchy-small",
-        Path.cwd().parent / "shared/data/sketchy-small",
-        repo_root / "shared/data/sketchy-small",
-        repo_root.parent / "shared/data/sketchy-small",
-    ]
-    for path in candidates:
-        if (path / "sketch").is_dir() and (path / "photo").is_dir():
-            return path
-    tried = list(dict.fromkeys(str(p.resolve()) for p in candidates))
-    env_note = f" (${SKETCHY_SMALL_ENV} is set to {env!r}, which has no sketch/ and photo/ folders)" if env else ""
-    raise FileNotFoundError(
-        f"sketchy-small not found{env_note}. Point ${SKETCHY_SMALL_ENV} at the folder that holds its sketch/ and "
-        f"photo/ folders (export {SKETCHY_SMALL_ENV}=/path/to/sketchy-small), or pass that folder itself as the "
-        f"dataset. Looked in: {', '.join(tried)}."
     )
 
 
