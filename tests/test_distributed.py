@@ -108,7 +108,7 @@ def gathered_losses(tmp_path_factory):
     # spawn, not fork: a forked child inherits the parent's OpenMP thread pool after earlier tests used it, and its
     # first parallel op then hangs (seen with 2 intra-op threads, CI's default).
     mp.start_processes(_loss_worker, args=(WORLD, str(out / "store"), str(out)), nprocs=WORLD, start_method="spawn")
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 @pytest.mark.parametrize("name", ["sketch_an_anchor", "shape_views", "fg_sbir", "adapt_align"])

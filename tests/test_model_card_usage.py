@@ -160,7 +160,7 @@ def test_card_snippets_run_without_hf_sbir_and_match_hf_sbir(runs, tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    standalone = torch.load(tmp_path / "out.pt")
+    standalone = torch.load(tmp_path / "out.pt", weights_only=True)
 
     for method, (folder, _, _) in runs.items():
         # The same lines with hf-sbir installed; then hf-sbir's own transform + model on the same images.
