@@ -1,6 +1,9 @@
-"""The CPU a benchmark ran on, for the machine line printed above every table."""
+"""Shared by the benchmark scripts: the CPU a benchmark ran on (the machine line printed above every table),
+the library versions a results file records, and the median-of-repeats timer."""
 
 import platform
+import statistics
+import time
 
 
 def cpu_model() -> str:
@@ -47,3 +50,14 @@ def library_versions() -> dict:
     except (OSError, subprocess.SubprocessError):
         versions["hf-sbir commit"] = None
     return versions
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of `fn()` over `repeats` calls, in ms, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
+from _machine import cpu_model, median_ms  # benchmarks/ is on sys.path when a script runs
 
 
 def clustered(count: int, dim: int, centres: torch.Tensor, spread: float, generator, block: int = 100_000):
@@ -48,15 +47,6 @@ def rss_mb() -> float:
                 return int(line.split()[1]) / 1024
     return float("nan")
 
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def latency(search, queries, repeats: int) -> tuple[float, float]:

@@ -13,22 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
 
-from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
+from _machine import cpu_model, median_ms  # benchmarks/ is on sys.path when a script runs
 
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def _random_unit(n: int, dim: int, generator: torch.Generator, block: int = 100_000) -> torch.Tensor:
@@ -67,8 +57,8 @@ def main(argv=None) -> None:
         build_ms = (time.perf_counter() - start) * 1000
         for batch in args.batches:
             queries = _random_unit(batch, args.dim, generator)
-            t_torch = _median_ms(lambda: _search_torch(gallery, queries, args.k, args.chunk_size), args.repeats)
-            t_faiss = _median_ms(lambda: _search_faiss(index, queries, args.k), args.repeats)
+            t_torch = median_ms(lambda: _search_torch(gallery, queries, args.k, args.chunk_size), args.repeats)
+            t_faiss = median_ms(lambda: _search_faiss(index, queries, args.k), args.repeats)
             # Same answers (exact search on both sides; random data has no ties).
             ti = _search_torch(gallery, queries, args.k, args.chunk_size)[1]
             fi = _search_faiss(index, queries, args.k)[1]

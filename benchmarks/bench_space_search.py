@@ -13,25 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
+from _machine import median_ms  # benchmarks/ is on sys.path when a script runs
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "spaces" / "sketch-an-anchor"))
-
-
-def _median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -65,9 +55,9 @@ def main(argv=None):
     draw.line((260, 380, 260, 470), fill=(0, 0, 0, 255), width=6)
     query = searcher.embed_sketch(sketch)
 
-    forward_ms = _median_ms(lambda: searcher.embed_sketch(sketch), args.repeats)
-    search_ms = _median_ms(lambda: index.search(query, k=args.k), args.repeats)
-    total_ms = _median_ms(lambda: searcher.search(sketch, args.k), args.repeats)
+    forward_ms = median_ms(lambda: searcher.embed_sketch(sketch), args.repeats)
+    search_ms = median_ms(lambda: index.search(query, k=args.k), args.repeats)
+    total_ms = median_ms(lambda: searcher.search(sketch, args.k), args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, nproc={os.cpu_count()}; packaged backbone, "
           f"image {args.image_size}px, gallery {args.gallery_size} x {dim}, top-{args.k}, median of {args.repeats}\n")
     print("| step | ms |\n|---|---|")
