@@ -33,6 +33,34 @@ def tiny_sketch_an_anchor_config(backbone_config=None, **overrides):
     return SketchAnAnchorConfig(backbone_config=backbone_config or tiny_vit_config(), **kwargs)
 
 
+def tiny_train_args(output_dir, **overrides):
+    """A Sketch-an-Anchor `TrainConfig` that trains in seconds: tiny ViT, 32 px, 4 iterations, checkpoints every 2."""
+    from hf_sbir.training import TrainConfig
+
+    kwargs = dict(
+        dataset="embedded",
+        split="embedded",
+        backbone_config=tiny_vit_config().to_dict(),
+        text_embedder="minilm",
+        model_config={"projection_dim": 16, "gcn_hidden_size": 16, "gcn_num_layers": 2},
+        iterations=4,
+        batch_size=6,
+        learning_rate=1e-3,
+        min_learning_rate=1e-4,
+        warmup_iterations=1,
+        image_size=32,
+        checkpoint_every=2,
+        eval_batch_size=64,
+        eval_before=False,
+        output_dir=str(output_dir),
+        progress=False,
+        log_with="jsonl",
+        method_args={"num_neighbours": 3},
+    )
+    kwargs.update(overrides)
+    return TrainConfig(**kwargs)
+
+
 @pytest.fixture
 def tiny_config():
     return tiny_sketch_an_anchor_config()

@@ -37,35 +37,14 @@ from hf_sbir.training.checkpointing import (
     verify_checkpoint,
 )
 
-from conftest import REPO_ROOT, tiny_vit_config
+from conftest import REPO_ROOT, tiny_train_args
 
 ITERATIONS = 6  # checkpoints at 2, 4, 6; "stopped" runs stop after 4
 STOP = 4
 
 
 def tiny_args(out: Path, **overrides) -> TrainConfig:
-    kwargs = dict(
-        dataset="embedded",
-        split="embedded",
-        backbone_config=tiny_vit_config().to_dict(),
-        text_embedder="minilm",
-        model_config={"projection_dim": 16, "gcn_hidden_size": 16, "gcn_num_layers": 2},
-        iterations=ITERATIONS,
-        batch_size=6,
-        learning_rate=1e-3,
-        min_learning_rate=1e-4,
-        warmup_iterations=1,
-        image_size=32,
-        checkpoint_every=2,
-        eval_batch_size=64,
-        eval_before=False,
-        output_dir=str(out),
-        progress=False,
-        log_with="none",
-        method_args={"num_neighbours": 3},
-    )
-    kwargs.update(overrides)
-    return TrainConfig(**kwargs)
+    return tiny_train_args(out, **{"iterations": ITERATIONS, "log_with": "none", **overrides})
 
 
 def _force(args: TrainConfig, **values) -> TrainConfig:

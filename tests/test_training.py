@@ -17,35 +17,14 @@ from hf_sbir.training.config import ConfigError
 from hf_sbir.training.methods import get_method_class
 from hf_sbir.training.trainer import push_folder_to_hub
 
-from conftest import REPO_ROOT, tiny_vit_config
+from conftest import REPO_ROOT, tiny_train_args
 from paper_losses import ref_eq2, ref_total
 
 pytestmark = pytest.mark.slow
 
 
 def tiny_args(tmp_path, name="run", **overrides):
-    kwargs = dict(
-        dataset="embedded",
-        split="embedded",
-        backbone_config=tiny_vit_config().to_dict(),
-        text_embedder="minilm",
-        model_config={"projection_dim": 16, "gcn_hidden_size": 16, "gcn_num_layers": 2},
-        iterations=4,
-        batch_size=6,
-        learning_rate=1e-3,
-        min_learning_rate=1e-4,
-        warmup_iterations=1,
-        image_size=32,
-        checkpoint_every=2,
-        eval_batch_size=64,
-        eval_before=False,
-        output_dir=str(tmp_path / name),
-        progress=False,
-        log_with="jsonl",
-        method_args={"num_neighbours": 3},
-    )
-    kwargs.update(overrides)
-    return TrainConfig(**kwargs)
+    return tiny_train_args(tmp_path / name, **overrides)
 
 
 def _weights(result):
