@@ -63,6 +63,11 @@ def main(argv=None) -> int:
         if sweep:  # shape views: Acc@k of every encoder layer, the method's main result
             print(f"\nLayer sweep (* = the model's feature layer), in %:\n\n{sweep}")
         print(f"\nModel saved to {result.model_dir} (load with AutoModel.from_pretrained).")
+        if args.peft:
+            print(
+                f"Its {args.peft} adapter (peft format) is in {result.model_dir}/adapter: "
+                "PeftModel.from_pretrained(base, folder), base from hf_sbir.training.peft.base_model_for_adapter(folder)."
+            )
     return 0
 
 

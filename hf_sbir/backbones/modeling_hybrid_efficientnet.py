@@ -68,7 +68,28 @@ def build_efficientnet_lite(cnn_name: str = "efficientnet-lite0", drop_connect_r
     """An EfficientNet-Lite CNN with random weights and TF "SAME" padding computed for any input size."""
     # image_size=None selects the dynamic-padding convolutions: identical to the static ones at 224 px,
     # and still TF-"SAME" at other sizes.
-    return _efficientnet_class().from_name(cnn_name, image_size=None, drop_connect_rate=drop_connect_rate)
+    cnn = _efficientnet_class().from_name(cnn_name, image_size=None, drop_connect_rate=drop_connect_rate)
+    return _plain_pointwise_convs(cnn)
+
+
+def _plain_pointwise_convs(cnn: nn.Module) -> nn.Module:
+    """Make every 1x1, stride-1 convolution a plain `nn.Conv2d` (same weights, same state-dict keys).
+
+    TF "SAME" padding of a 1x1 stride-1 convolution is zero, so the output is unchanged; but adapter libraries
+    (peft's LoRA/LoHa/IA3) rebuild a targeted convolution through its class's constructor, whose arguments
+    the dynamic-padding subclass reorders. As plain layers, the pointwise convolutions (most of the CNN's
+    weights) can carry adapters (`hf_sbir.training.peft`)."""
+    for parent in list(cnn.modules()):
+        for name, child in list(parent.named_children()):
+            if (
+                isinstance(child, nn.Conv2d) and type(child) is not nn.Conv2d
+                and tuple(child.kernel_size) == (1, 1) and tuple(child.stride) == (1, 1)
+                and tuple(child.dilation) == (1, 1) and child.groups == 1
+            ):
+                plain = nn.Conv2d(child.in_channels, child.out_channels, 1, bias=child.bias is not None)
+                plain.load_state_dict(child.state_dict())
+                setattr(parent, name, plain)
+    return cnn
 
 
 def build_efficientnet_lite0(drop_connect_rate: float = 0.2) -> nn.Module:
@@ -131,6 +152,12 @@ class HybridEfficientNetBackbone(nn.Module):
     Args:
         config (`HybridEfficientNetConfig`, *optional*): defaults to `HybridEfficientNetConfig()`.
     """
+
+    # Only the CNN comes pretrained (ImageNet); the token projection and transformer layers start from a
+    # random initialisation. Parameter-efficient fine-tuning (`hf_sbir.training.peft`) puts adapters on the
+    # pretrained part only and trains the new layers in full, saving them with the adapter.
+    pretrained_submodules = ("cnn",)
+
 
     def __init__(self, config: HybridEfficientNetConfig | None = None):
         super().__init__()

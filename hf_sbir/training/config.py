@@ -36,6 +36,7 @@ LOG_WITH = ("jsonl", "none", "tensorboard", "wandb", "trackio", "comet_ml", "mlf
 # The coarsest backbone we support (EfficientNet / ResNet) downsamples 32x: below 32 px its last feature map
 # is empty, and ViT-S/8's 8 px patches leave fewer than 16 tokens. The tests' tiny models use exactly 32 px.
 MIN_IMAGE_SIZE = 32
+PEFT_METHODS = ("lora", "loha", "ia3")  # the peft methods that fit a ViT / CNN backbone (hf_sbir.training.peft)
 
 
 class ConfigError(ValueError):
@@ -96,6 +97,17 @@ class TrainConfig:
     text_embedder: Optional[str] = _setting(
         None, "class-name embedder: 'minilm' (packaged), a word2vec file, a CLIP Hub id, or null (automatic)"
     )
+    # Parameter-efficient fine-tuning of the backbone with peft (hf_sbir.training.peft).
+    peft: Optional[Literal[PEFT_METHODS]] = _setting(  # type: ignore[valid-type]
+        None, "adapt the backbone with peft instead of fine-tuning it in full (heads still train), or null",
+        choices=PEFT_METHODS,
+    )
+    peft_r: Int = _setting(8, "rank of the LoRA / LoHa adapters (integer >= 1; IA3 has no rank)", ge=1)
+    peft_alpha: Float = _setting(16.0, "LoRA / LoHa scaling alpha (> 0): the update is scaled by alpha / r", gt=0)
+    peft_dropout: Float = _setting(0.0, "dropout on the adapter's input (LoRA) or of whole modules (LoHa), 0..1", ge=0, lt=1)
+    peft_target_modules: Optional[list[str]] = _setting(
+        None, "backbone layer names (or name endings) to adapt, e.g. [query, value]; null: every pretrained Linear/Conv2d"
+    )
     # Optimisation (paper §4.2).
     iterations: Int = _setting(1500, "optimiser steps of the run", ge=1)
     batch_size: Int = _setting(16, "sketch/photo pairs per step (per process)", ge=1)
@@ -132,6 +144,15 @@ class TrainConfig:
     @classmethod
     def _empty_mapping(cls, value):
         return {} if value is None else value  # `method_args:` with nothing under it (YAML null): no settings
+
+    @field_validator("peft_target_modules", mode="before")
+    @classmethod
+    def _target_list(cls, value):
+        if isinstance(value, str):  # `--peft_target_modules qkv`: one name
+            value = [value]
+        if isinstance(value, list) and (not value or not all(isinstance(v, str) and v for v in value)):
+            raise ValueError("expected a non-empty list of layer names, e.g. [query, value]")
+        return value
 
     @field_validator("split")
     @classmethod

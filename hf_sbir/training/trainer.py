@@ -52,6 +52,7 @@ from hf_sbir.training.config import ConfigError, TrainConfig
 from hf_sbir.training.data_pipeline import training_batches
 from hf_sbir.training.method import load_zero_shot_data
 from hf_sbir.training.methods import get_method_class
+from hf_sbir.training.peft import ADAPTER_SUBFOLDER, is_peft_model, merged_model, peft_from_args, write_adapter_folder
 
 logger = logging.getLogger("hf_sbir")
 
@@ -163,6 +164,7 @@ def train(args: TrainConfig) -> TrainResult:
         data = method.load_data()  # the zero-shot split by default; fine-grained pairs, procedural shapes ...
         model = method.build_model()
         transform = method.build_transform(model)
+        model = peft_from_args(model, args)  # --peft: adapters on the backbone (a wrong target: one line)
     output_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         (output_dir / RUN_SETTINGS_FILE).write_text(json.dumps(args.to_dict(), indent=2, default=str))
@@ -246,11 +248,14 @@ def train(args: TrainConfig) -> TrainResult:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = method.model_to_save(accelerator.unwrap_model(model))
+        adapter = None
+        if is_peft_model(final):  # the adapter goes to model/adapter/, the merged model (one file) to model/
+            adapter, final = final, merged_model(final)
         final.eval()
         result.model = final
         result.metrics_after = method.evaluate(final, data, transform)
         (output_dir / "eval_after.json").write_text(json.dumps(result.metrics_after, indent=2))
-        result.model_dir = export_model(final, transform, args, result, card_info=method.model_card_info())
+        result.model_dir = export_model(final, transform, args, result, card_info=method.model_card_info(), adapter=adapter)
     accelerator.end_training()
     return result
 
@@ -334,20 +339,21 @@ def _mean_over_processes(accelerator: Accelerator, logs: dict[str, float]) -> di
     return dict(zip(keys, values.tolist()))
 
 
-def export_model(model, transform, args: TrainConfig, result: TrainResult, card_info: dict | None = None) -> Path:
+def export_model(model, transform, args: TrainConfig, result: TrainResult, card_info: dict | None = None, adapter=None) -> Path:
     """`<output_dir>/model`, written atomically (`checkpointing.atomic_directory`: a kill leaves the previous
-    folder or none, never a half one), then the optional push_to_hub."""
+    folder or none, never a half one), then the optional push_to_hub (the whole folder: the merged model and,
+    with `--peft`, its `adapter/` subfolder)."""
     model_dir = Path(args.output_dir) / "model"
     with atomic_directory(model_dir) as staging:
-        write_model_folder(staging, model, transform, args, result, card_info)
+        write_model_folder(staging, model, transform, args, result, card_info, adapter=adapter)
     if args.push_to_hub:
         push_folder_to_hub(model_dir, args.hub_model_id)
     return model_dir
 
 
-def write_model_folder(model_dir: Path, model, transform, args: TrainConfig, result: TrainResult, card_info: dict | None = None) -> None:
+def write_model_folder(model_dir: Path, model, transform, args: TrainConfig, result: TrainResult, card_info: dict | None = None, adapter=None) -> None:
     """save_pretrained folder + processor configs + generated model card (`card_info`: the method's
-    `model_card_info()`)."""
+    `model_card_info()`); with `adapter` (the peft-wrapped model), its peft adapter in `adapter/`."""
     from hf_sbir.training.model_card import write_model_card
 
     # Training tolerates a blank sketch in the data ("keep"); the saved model refuses blank queries, as the
@@ -358,10 +364,14 @@ def write_model_folder(model_dir: Path, model, transform, args: TrainConfig, res
     # The same preprocessing as a transformers image processor with its code (sketch steps included), so
     # `AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)` works without hf-sbir.
     transform.to_image_processor().save_pretrained(model_dir)
+    if adapter is not None:
+        # A subfolder: an adapter_config.json next to config.json would make AutoModel.from_pretrained(model/)
+        # load the base model the adapter names instead of the merged one.
+        write_adapter_folder(adapter, model_dir / ADAPTER_SUBFOLDER)
     # The weights arrive through a temporary file (mode 600); give every file the mode config.json got
     # from the user's umask, so a shared or uploaded folder is readable like the rest.
     mode = (model_dir / "config.json").stat().st_mode & 0o777
-    for path in model_dir.iterdir():
+    for path in model_dir.rglob("*"):
         if path.is_file() and path.stat().st_mode & 0o777 != mode:
             path.chmod(mode)
     write_model_card(model_dir, args, result, card_info)

@@ -138,6 +138,15 @@ class AdaptAlignMethod(TrainingMethod):
         describe = getattr(embedder, "to_dict", None)
         kwargs["text_embedder"] = describe() if callable(describe) else {"name": getattr(embedder, "name", type(embedder).__name__)}
 
+        if self._arg("peft"):
+            # peft's adapters and the paper's bottleneck adapters would adapt the same backbone twice.
+            for key in ("use_adapters", "train_adapters_only"):
+                if kwargs.get(key):
+                    raise ConfigError(
+                        f"adapt_align with --peft {self._arg('peft')}: {key}=true asks for the paper's bottleneck "
+                        f"adapters as well; drop method_args.{key} (peft's adapters replace them) or drop --peft."
+                    )
+            kwargs["use_adapters"] = False
         init_model = self._arg("init_model")
         if init_model:
             model = AutoModel.from_pretrained(init_model)
