@@ -16,6 +16,9 @@ together) is its own.
     python benchmarks/bench_peft.py --dataset sketchy-small --split sketchy_sake --iterations 150 \
         --output_dir runs/bench_peft
     python benchmarks/bench_peft.py --dataset embedded --split embedded --iterations 3 --output_dir /tmp/bp  # smoke
+    # the variants side by side, under the same load, then one table:
+    for v in full lora bottleneck; do python benchmarks/bench_peft.py --variants $v --output_dir runs/bench_peft/$v & done; wait
+    python benchmarks/bench_peft.py --merge runs/bench_peft/full runs/bench_peft/lora runs/bench_peft/bottleneck
 """
 
 from __future__ import annotations
@@ -127,7 +130,13 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--output_dir", default="runs/bench_peft")
     parser.add_argument("--one", choices=list(VARIANTS), help=argparse.SUPPRESS)  # child process: one variant
+    parser.add_argument("--merge", nargs="+", metavar="DIR", help="print one table from the results.json of these output dirs")
     args = parser.parse_args(argv)
+
+    if args.merge:  # variants run as separate invocations (in parallel, under the same load)
+        rows = [row for d in args.merge for row in json.loads((Path(d) / "results.json").read_text())["rows"]]
+        print(format_table(rows))
+        return 0
 
     if args.one:
         print("RESULT " + json.dumps(run_variant(args, args.one)), flush=True)
