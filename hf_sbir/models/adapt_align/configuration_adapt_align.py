@@ -13,6 +13,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from hf_sbir.backbones.modeling_backbones import backbone_config_from_dict, check_backbone_config
+from hf_sbir.configuration_utils import SbirConfig, check_positive_int
 
 RESNET_MODEL_TYPE = "resnet"
 ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu")
@@ -45,7 +46,7 @@ def backbone_hidden_size(config: PretrainedConfig) -> int:
     return int(config.hidden_size)
 
 
-class AdaptAlignConfig(PretrainedConfig):
+class AdaptAlignConfig(SbirConfig):
     r"""
     Args:
         backbone_config (`PretrainedConfig` or `dict`, *optional*):
@@ -98,7 +99,6 @@ class AdaptAlignConfig(PretrainedConfig):
     """
 
     model_type = "adapt_align"
-    sub_configs = {}
 
     def __init__(
         self,
@@ -123,8 +123,8 @@ class AdaptAlignConfig(PretrainedConfig):
         **kwargs,
     ):
         self.backbone_config = adapt_align_backbone_config(backbone_config)
-        _positive_int("projection_dim", projection_dim)
-        _positive_int("adapter_bottleneck_size", adapter_bottleneck_size)
+        check_positive_int("projection_dim", projection_dim)
+        check_positive_int("adapter_bottleneck_size", adapter_bottleneck_size)
         if adapter_target_modules is not None:
             if isinstance(adapter_target_modules, (list, tuple)):
                 if not adapter_target_modules or not all(isinstance(t, str) and t for t in adapter_target_modules):
@@ -171,13 +171,3 @@ class AdaptAlignConfig(PretrainedConfig):
         self.text_embedder = text_embedder
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
-
-    def to_dict(self):
-        output = super().to_dict()
-        output["backbone_config"] = self.backbone_config.to_dict()
-        return output
-
-
-def _positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from hf_sbir.backbones.modeling_backbones import TokenBackboneOutput, build_backbone
+from hf_sbir.backbones.modeling_backbones import build_backbone
+from hf_sbir.backbones.outputs import TokenBackboneOutput
 from hf_sbir.losses.adapt_align import MAX_LOGIT_SCALE, alignment_logits, alignment_loss
-from hf_sbir.modeling_utils import SbirPreTrainedModel
+from hf_sbir.modeling_utils import SbirPreTrainedModel, check_pixel_values
 from hf_sbir.models.adapt_align.configuration_adapt_align import RESNET_MODEL_TYPE, AdaptAlignConfig, backbone_hidden_size
 
 # Default adapter targets per backbone model_type, with peft's matching rules (list: name equals an entry
@@ -365,7 +366,7 @@ class AdaptAlignModel(AdaptAlignPreTrainedModel):
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 Class index of each image in `text_embeds`; when given, `loss` is the cross-entropy (eq. 3).
         """
-        _check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values)
         if labels is not None and text_embeds is None:
             raise ValueError("labels need text_embeds: the class text embeddings the labels index into.")
         out = self.backbone(pixel_values)
@@ -393,7 +394,7 @@ class AdaptAlignModel(AdaptAlignPreTrainedModel):
     @torch.no_grad()
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         """The backbone's pooled feature g (adapters included), (B, hidden): the "backbone only" baseline."""
-        _check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values)
         return self.backbone(pixel_values).pooled_output
 
     @classmethod
@@ -438,17 +439,6 @@ def load_pretrained_adapt_align_backbone(name_or_path: str | None) -> tuple[nn.M
     return unregister_aliased_modules(resolved.backbone), resolved.name
 
 
-def _check_pixel_values(pixel_values) -> None:
-    if pixel_values is None:
-        raise ValueError("pixel_values is required: a (batch, 3, height, width) float tensor of processed images.")
-    if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-        shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
-        raise ValueError(
-            f"pixel_values must be a (batch, 3, height, width) tensor; got {shape}. "
-            "Process images with the model's image processor (sketches are converted to 3-channel RGB)."
-        )
-    if not pixel_values.is_floating_point():
-        raise ValueError(f"pixel_values must be a float tensor; got {pixel_values.dtype}.")
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig, PvtV2Config
 
 from hf_sbir.backbones.configuration_hybrid_efficientnet import HybridEfficientNetConfig
+from hf_sbir.configuration_utils import SbirConfig
 
 PVT_MODEL_TYPE = "pvt_v2"
 SUPPORTED_FG_BACKBONES = (PVT_MODEL_TYPE, HybridEfficientNetConfig.model_type)
@@ -63,7 +64,7 @@ def fg_backbone_config(config: PretrainedConfig | dict | None) -> PretrainedConf
     raise ValueError(f"Unsupported FG-SBIR backbone model_type {model_type!r}; supported: {SUPPORTED_FG_BACKBONES}.")
 
 
-class FGSBIRConfig(PretrainedConfig):
+class FGSBIRConfig(SbirConfig):
     r"""
     Args:
         backbone_config (`PvtV2Config`, `HybridEfficientNetConfig` or `dict`, *optional*):
@@ -104,7 +105,6 @@ class FGSBIRConfig(PretrainedConfig):
     """
 
     model_type = "fg_sbir"
-    sub_configs = {}
 
     def __init__(
         self,
@@ -165,8 +165,3 @@ class FGSBIRConfig(PretrainedConfig):
         """Width of the backbone's last stage (the pooled features and the distillation token's final state)."""
         config = self.backbone_config
         return config.hidden_sizes[-1] if config.model_type == PVT_MODEL_TYPE else config.hidden_size
-
-    def to_dict(self):
-        output = super().to_dict()
-        output["backbone_config"] = self.backbone_config.to_dict()
-        return output

@@ -40,8 +40,9 @@ from torch import nn
 from transformers import PvtV2Model
 from transformers.utils import ModelOutput
 
-from hf_sbir.backbones.modeling_backbones import TokenBackboneOutput, build_backbone
-from hf_sbir.modeling_utils import SbirPreTrainedModel
+from hf_sbir.backbones.modeling_backbones import build_backbone
+from hf_sbir.backbones.outputs import TokenBackboneOutput
+from hf_sbir.modeling_utils import SbirPreTrainedModel, check_pixel_values
 from hf_sbir.models.fg_sbir.configuration_fg_sbir import PVT_MODEL_TYPE, FGSBIRConfig
 
 logger = logging.getLogger("hf_sbir")
@@ -274,7 +275,7 @@ class FGSBIRModel(FGSBIRPreTrainedModel):
                 Sketches or photos, processed by the model's image processor.
             output_hidden_states (`bool`, *optional*): also return every final token state.
         """
-        _check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values)
         out = self.backbone(pixel_values, extra_tokens=self.distillation_token)
         result = FGSBIROutput(
             embeddings=F.normalize(self.embedding_head(out.pooled_output), dim=-1),
@@ -289,7 +290,7 @@ class FGSBIRModel(FGSBIRPreTrainedModel):
     @torch.no_grad()
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         """The backbone's own image representation without the distillation token: (B, backbone_hidden_size)."""
-        _check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values)
         return self.backbone(pixel_values).pooled_output
 
     @classmethod
@@ -342,17 +343,6 @@ class FGSBIRModel(FGSBIRPreTrainedModel):
         return model
 
 
-def _check_pixel_values(pixel_values) -> None:
-    if pixel_values is None:
-        raise ValueError("pixel_values is required: a (batch, 3, height, width) float tensor of processed images.")
-    if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-        shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
-        raise ValueError(
-            f"pixel_values must be a (batch, 3, height, width) tensor; got {shape}. "
-            "Process images with the model's image processor (sketches are converted to 3-channel RGB)."
-        )
-    if not pixel_values.is_floating_point():
-        raise ValueError(f"pixel_values must be a float tensor; got {pixel_values.dtype}.")
 
 
 __all__ = [

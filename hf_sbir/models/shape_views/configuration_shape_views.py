@@ -7,6 +7,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig, ResNetConfig
 
 from hf_sbir.backbones.modeling_backbones import backbone_config_from_dict, check_backbone_config
+from hf_sbir.configuration_utils import SbirConfig
 
 RESNET_MODEL_TYPE = "resnet"
 POOLINGS = ("mean", "cls", "max", "grid", "flatten")
@@ -68,7 +69,7 @@ def default_feature_layer(backbone_config: PretrainedConfig) -> int:
     return min(PAPER_FEATURE_LAYER[key], num_feature_layers(backbone_config) - 1)
 
 
-class ShapeViewsConfig(PretrainedConfig):
+class ShapeViewsConfig(SbirConfig):
     r"""
     Args:
         backbone_config (`PretrainedConfig` or `dict`, *optional*):
@@ -104,7 +105,6 @@ class ShapeViewsConfig(PretrainedConfig):
     """
 
     model_type = "shape_views"
-    sub_configs = {}
 
     def __init__(
         self,
@@ -153,8 +153,3 @@ class ShapeViewsConfig(PretrainedConfig):
     @property
     def num_feature_layers(self) -> int:
         return num_feature_layers(self.backbone_config)
-
-    def to_dict(self):
-        output = super().to_dict()
-        output["backbone_config"] = self.backbone_config.to_dict()
-        return output

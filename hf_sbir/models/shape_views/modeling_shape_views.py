@@ -31,7 +31,7 @@ from transformers import ResNetModel
 from transformers.utils import ModelOutput
 
 from hf_sbir.backbones.modeling_backbones import build_backbone
-from hf_sbir.modeling_utils import SbirPreTrainedModel
+from hf_sbir.modeling_utils import SbirPreTrainedModel, check_pixel_values
 from hf_sbir.models.shape_views.configuration_shape_views import HYBRID_CNN_STAGES, RESNET_MODEL_TYPE, ShapeViewsConfig, is_token_layer, num_feature_layers
 
 HYBRID_MODEL_TYPE = "sbir_hybrid_efficientnet"
@@ -248,7 +248,7 @@ class ShapeViewsModel(ShapeViewsPreTrainedModel):
             output_all_layers (`bool`): also return every layer's pooled, normalised features.
             output_hidden_states (`bool`): also return every layer's raw features.
         """
-        _check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values, "ShapeViewsImageTransform (drawings are converted to 3-channel RGB)")
         layer = self._resolve_layer(feature_layer)
         pooling = self.config.pooling if pooling is None else pooling
         states = self.encoder_hidden_states(pixel_values)
@@ -325,16 +325,3 @@ def _load_named_backbone(name: str) -> nn.Module:
     if AutoConfig.from_pretrained(location).model_type == RESNET_MODEL_TYPE:
         return ResNetModel.from_pretrained(location)
     return load_pretrained_backbone(location)
-
-
-def _check_pixel_values(pixel_values) -> None:
-    if pixel_values is None:
-        raise ValueError("pixel_values is required: a (batch, 3, height, width) float tensor of processed images.")
-    if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-        shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
-        raise ValueError(
-            f"pixel_values must be a (batch, 3, height, width) tensor; got {shape}. "
-            "Process images with ShapeViewsImageTransform (drawings are converted to 3-channel RGB)."
-        )
-    if not pixel_values.is_floating_point():
-        raise ValueError(f"pixel_values must be a float tensor; got {pixel_values.dtype}.")

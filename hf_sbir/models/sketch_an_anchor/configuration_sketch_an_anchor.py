@@ -6,9 +6,10 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from hf_sbir.backbones.modeling_backbones import backbone_config_from_dict, check_backbone_config
+from hf_sbir.configuration_utils import SbirConfig, check_positive_int
 
 
-class SketchAnAnchorConfig(PretrainedConfig):
+class SketchAnAnchorConfig(SbirConfig):
     r"""
     Args:
         backbone_config (`PretrainedConfig` or `dict`, *optional*):
@@ -56,7 +57,6 @@ class SketchAnAnchorConfig(PretrainedConfig):
     """
 
     model_type = "sketch_an_anchor"
-    sub_configs = {}
 
     def __init__(
         self,
@@ -84,10 +84,10 @@ class SketchAnAnchorConfig(PretrainedConfig):
         self.backbone_config = backbone_config_from_dict(backbone_config)
         check_backbone_config(self.backbone_config)
         hidden = self.backbone_config.hidden_size
-        _positive_int("projection_dim", projection_dim)
-        _positive_int("word_anchor_dim", word_anchor_dim)
-        _positive_int("gcn_hidden_size", gcn_hidden_size)
-        _positive_int("word_anchor_neighbours", word_anchor_neighbours)
+        check_positive_int("projection_dim", projection_dim)
+        check_positive_int("word_anchor_dim", word_anchor_dim)
+        check_positive_int("gcn_hidden_size", gcn_hidden_size)
+        check_positive_int("word_anchor_neighbours", word_anchor_neighbours)
         if not isinstance(gcn_num_layers, int) or gcn_num_layers < 0:
             raise ValueError(f"gcn_num_layers must be an integer >= 0; got {gcn_num_layers!r}.")
         for name, value in (("contrastive_temperature", contrastive_temperature), ("anchor_similarity_temperature", anchor_similarity_temperature)):
@@ -107,7 +107,7 @@ class SketchAnAnchorConfig(PretrainedConfig):
         self.anchor_similarity_temperature = anchor_similarity_temperature
         self.word_anchor_dim = word_anchor_dim
         self.visual_anchor_dim = visual_anchor_dim if visual_anchor_dim is not None else hidden
-        _positive_int("visual_anchor_dim", self.visual_anchor_dim)
+        check_positive_int("visual_anchor_dim", self.visual_anchor_dim)
         self.gcn_num_layers = gcn_num_layers
         self.gcn_hidden_size = gcn_hidden_size
         self.backbone_gradient_scale = backbone_gradient_scale
@@ -121,13 +121,3 @@ class SketchAnAnchorConfig(PretrainedConfig):
         self.use_visual_anchors = use_visual_anchors
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
-
-    def to_dict(self):
-        output = super().to_dict()
-        output["backbone_config"] = self.backbone_config.to_dict()
-        return output
-
-
-def _positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")

@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 
 from hf_sbir.anchors.gcn import AdaptedAnchors, AnchorGCN
 from hf_sbir.backbones.modeling_backbones import build_backbone
-from hf_sbir.modeling_utils import SbirPreTrainedModel
+from hf_sbir.modeling_utils import SbirPreTrainedModel, check_pixel_values
 from hf_sbir.models.sketch_an_anchor.configuration_sketch_an_anchor import SketchAnAnchorConfig
 
 
@@ -163,7 +163,7 @@ class SketchAnAnchorModel(SketchAnAnchorPreTrainedModel):
                 Semantic anchors for this training step; when given, the GCN runs in the same forward
                 pass (one call through DDP) and the output carries the adapted anchors.
         """
-        _check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values)
         out = self.backbone(pixel_values, extra_tokens=self.rtr_tokens)
         word_state, visual_state = out.extra_token_states[:, 0], out.extra_token_states[:, 1]
         aggregated, weights = self.aggregation(out.extra_token_states)
@@ -186,7 +186,7 @@ class SketchAnAnchorModel(SketchAnAnchorPreTrainedModel):
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         """The backbone's own image representation (normalised CLS state, no RTR tokens): (B, hidden).
         Used for the visual anchors (class centres) and as the untrained-backbone baseline."""
-        _check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values)
         return self.backbone(pixel_values).pooled_output
 
     def adapt_anchors(self, word_anchors: torch.Tensor | None, visual_anchors: torch.Tensor | None) -> AdaptedAnchors:
@@ -223,16 +223,3 @@ class SketchAnAnchorModel(SketchAnAnchorPreTrainedModel):
         model = cls(config)
         model.backbone.load_state_dict(resolved.backbone.state_dict())
         return model
-
-
-def _check_pixel_values(pixel_values) -> None:
-    if pixel_values is None:
-        raise ValueError("pixel_values is required: a (batch, 3, height, width) float tensor of processed images.")
-    if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-        shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
-        raise ValueError(
-            f"pixel_values must be a (batch, 3, height, width) tensor; got {shape}. "
-            "Process images with the model's image processor (sketches are converted to 3-channel RGB)."
-        )
-    if not pixel_values.is_floating_point():
-        raise ValueError(f"pixel_values must be a float tensor; got {pixel_values.dtype}.")

@@ -258,17 +258,11 @@ class FGSBIRMethod(TrainingMethod):
         return kwargs
 
     def build_model(self):
-        from transformers import AutoModel
-
         from hf_sbir.models.fg_sbir import FGSBIRConfig, FGSBIRModel
 
         kwargs = self._config_kwargs()
         if self.args.init_model:
-            model = AutoModel.from_pretrained(self.args.init_model)
-            if not isinstance(model, FGSBIRModel):
-                raise ConfigError(f"init_model {self.args.init_model!r} is a {type(model).__name__}, not an FG-SBIR model.")
-            for key, value in self.method_settings.apply_to_trained(model.config, kwargs, self.args.init_model).items():
-                setattr(model.config, key, value)
+            model = self.load_init_model(kwargs)  # refuses another family's model (its model_type) in one line
             logger.info(
                 "FG-SBIR backbone: %s (%s) — the weights of init_model %s.",
                 model.config.backbone_name_or_path or "custom", model.config.backbone_config.model_type, self.args.init_model,

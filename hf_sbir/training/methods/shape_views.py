@@ -5,7 +5,7 @@ retrieval (Acc@1 / Acc@5) on other shape classes (the paper's zero-shot protocol
 test on others).
 
 Data (`method_args.source`):
-    "procedural" (default): the package's procedural renderer (`synthetic_sketch.py`) draws random
+    "procedural" (default): the package's procedural renderer (`hf_sbir.data.synthetic_sketch`) draws random
         instances of `train_classes` for training and of `test_classes` for evaluation, from
         `views_per_shape` azimuths at `elevation` degrees. `args.dataset` is not used (`load_data` loads
         nothing). Queries are drawn in `query_style` (with other seeds than training), the gallery in
@@ -98,7 +98,7 @@ class ShapeViewsSettings(MethodSettings):
 
     @model_validator(mode="after")
     def _known_names(self):
-        from hf_sbir.models.shape_views.synthetic_sketch import SHAPE_CLASSES, SKETCH_STYLES
+        from hf_sbir.data.synthetic_sketch import SHAPE_CLASSES, SKETCH_STYLES
 
         if len(self.styles) != 2 or any(style not in SKETCH_STYLES for style in self.styles):
             raise ValueError(f"styles must be two of {SKETCH_STYLES}; got {self.styles!r}")
@@ -150,16 +150,11 @@ class ShapeViewsMethod(TrainingMethod):
             )
 
     def build_model(self):
-        from transformers import AutoModel
-
         from hf_sbir.models.shape_views import ShapeViewsConfig, ShapeViewsModel
 
         kwargs = self._config_kwargs()
         if self.args.init_model:
-            model = AutoModel.from_pretrained(self.args.init_model)
-            for key, value in self.method_settings.apply_to_trained(model.config, kwargs, self.args.init_model).items():
-                setattr(model.config, key, value)
-            return model
+            return self.load_init_model(kwargs)
         if self.args.backbone_config is not None:
             return ShapeViewsModel(ShapeViewsConfig(backbone_config=self.args.backbone_config, **kwargs))
         return ShapeViewsModel.from_backbone(self.args.backbone, **kwargs)
@@ -179,7 +174,7 @@ class ShapeViewsMethod(TrainingMethod):
         return None if self.settings["source"] == "procedural" else super().load_data()
 
     def _shapes(self, classes, count: int, seed_offset: int):
-        from hf_sbir.models.shape_views.synthetic_sketch import make_shape
+        from hf_sbir.data.synthetic_sketch import make_shape
 
         # Shapes are spread over the classes round-robin; shape k of a run has seed (run seed, offset, k).
         return [
@@ -187,7 +182,7 @@ class ShapeViewsMethod(TrainingMethod):
         ]
 
     def _render(self, shapes):
-        from hf_sbir.models.shape_views.synthetic_sketch import render_views, view_angles
+        from hf_sbir.data.synthetic_sketch import render_views, view_angles
 
         s = self.settings
         angles = view_angles(int(s["views_per_shape"]), elevation=float(s["elevation"]))
@@ -220,7 +215,7 @@ class ShapeViewsMethod(TrainingMethod):
 
     def _edges(self, view, key=None) -> np.ndarray:
         """The view's contour map (style-independent); training views' maps are cached by index."""
-        from hf_sbir.models.shape_views.synthetic_sketch import sketch_edges
+        from hf_sbir.data.synthetic_sketch import sketch_edges
 
         if key is not None and key in self._edge_cache:
             return self._edge_cache[key]
@@ -235,7 +230,7 @@ class ShapeViewsMethod(TrainingMethod):
         return edges
 
     def _drawing(self, view, style: str, seed: int, key=None) -> Image.Image:
-        from hf_sbir.models.shape_views.synthetic_sketch import draw_edges
+        from hf_sbir.data.synthetic_sketch import draw_edges
 
         return draw_edges(self._edges(view, key), style, seed)
 
@@ -317,7 +312,7 @@ class ShapeViewsMethod(TrainingMethod):
         s = self.settings
         views = self._render(self._shapes(s["test_classes"], int(s["num_test_shapes"]), _TEST_SHAPE_SEED_OFFSET))
         base = self.args.seed * 100_003 + _QUERY_SEED_OFFSET
-        from hf_sbir.models.shape_views.synthetic_sketch import draw_edges as draw
+        from hf_sbir.data.synthetic_sketch import draw_edges as draw
 
         edges = [self._edges(v) for v in views]
         queries = [draw(e, s["query_style"], base + 2 * k) for k, e in enumerate(edges)]

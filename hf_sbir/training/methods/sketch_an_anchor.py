@@ -74,8 +74,6 @@ class SketchAnAnchorMethod(TrainingMethod):
         return kwargs.get("use_word_anchors", True)
 
     def build_model(self):
-        from transformers import AutoModel
-
         from hf_sbir.models.sketch_an_anchor import SketchAnAnchorConfig, SketchAnAnchorModel
 
         kwargs = self._config_kwargs()
@@ -85,10 +83,7 @@ class SketchAnAnchorMethod(TrainingMethod):
             self.text_embedder = get_class_name_embedder(self.args.text_embedder)
             kwargs.setdefault("word_anchor_dim", self.text_embedder.dim)
         if self.args.init_model:
-            model = AutoModel.from_pretrained(self.args.init_model)
-            for key, value in self.method_settings.apply_to_trained(model.config, kwargs, self.args.init_model).items():
-                setattr(model.config, key, value)
-            return model
+            return self.load_init_model(kwargs)
         if self.args.backbone_config is not None:
             return SketchAnAnchorModel(SketchAnAnchorConfig(backbone_config=self.args.backbone_config, **kwargs))
         return SketchAnAnchorModel.from_backbone(self.args.backbone, **kwargs)
