@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModel, ResNetConfig
 
 import hf_sbir  # noqa: F401  (registers the Auto classes)
 from hf_sbir.backbones.configuration_hybrid_efficientnet import HybridEfficientNetConfig
-from hf_sbir.losses.adapt_align import adapt_align_loss, alignment_logits, distillation_loss
+from hf_sbir.losses.adapt_align import AdaptAlignLoss, adapt_align_loss, alignment_logits, distillation_loss
 from hf_sbir.models.adapt_align import AdaptAlignConfig, AdaptAlignModel, BottleneckAdapter
 from hf_sbir.training.methods import get_method_class
 from hf_sbir.training.methods.adapt_align import AdaptAlignMethod
@@ -94,8 +94,8 @@ def test_untrained_adapters_are_the_identity():
 
 def test_gradients_reach_adapters_backbone_and_projection():
     model = AdaptAlignModel(tiny_config())
-    out = model(pixel_values=torch.randn(4, 3, 32, 32), text_embeds=torch.randn(3, PROJ), labels=torch.tensor([0, 1, 2, 0]))
-    out.loss.backward()
+    out = model(pixel_values=torch.randn(4, 3, 32, 32), text_embeds=torch.randn(3, PROJ))
+    AdaptAlignLoss(model.config)(out, torch.tensor([0, 1, 2, 0])).total.backward()
     named = dict(model.named_parameters())
     for name in (
         "backbone.adapters.model-layers-1-mlp-fc2.up.weight",
@@ -114,8 +114,8 @@ def test_adapters_only_mode_freezes_the_backbone_and_its_batchnorm_statistics():
     frozen_before = {k: v.clone() for k, v in model.state_dict().items() if ".adapters." not in k and not k.startswith("projection")}
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):
-        out = model(pixel_values=torch.randn(4, 3, 32, 32), text_embeds=torch.randn(3, PROJ), labels=torch.tensor([0, 1, 2, 0]))
-        out.loss.backward()
+        out = model(pixel_values=torch.randn(4, 3, 32, 32), text_embeds=torch.randn(3, PROJ))
+        AdaptAlignLoss(model.config)(out, torch.tensor([0, 1, 2, 0])).total.backward()
         optimizer.step()
         optimizer.zero_grad()
     after = model.state_dict()
@@ -147,14 +147,14 @@ def test_hybrid_backbone_gets_cnn_and_transformer_adapters():
 def test_alignment_logits_and_loss_equal_a_hand_computation():
     model = AdaptAlignModel(tiny_config(alignment_temperature=0.05)).eval()
     x, text, labels = torch.randn(3, 3, 32, 32), torch.randn(4, PROJ), torch.tensor([2, 0, 3])
-    out = model(pixel_values=x, text_embeds=text, labels=labels)
+    out = model(pixel_values=x, text_embeds=text)
     g = model.backbone(x).pooled_output
     f = model.projection(g)
     by_hand = 20.0 * (f / f.norm(dim=-1, keepdim=True)) @ (text / text.norm(dim=-1, keepdim=True)).T
     assert torch.allclose(out.image_features, g)
     assert torch.allclose(out.logits, by_hand, atol=1e-5)
     nll = -torch.log_softmax(by_hand, dim=-1)[torch.arange(3), labels].mean()
-    assert torch.allclose(out.loss, nll, atol=1e-5)
+    assert torch.allclose(AdaptAlignLoss(model.config)(out, labels).total, nll, atol=1e-5)
     assert torch.allclose(out.embeddings.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(alignment_logits(f, text, 20.0), by_hand, atol=1e-5)
 
@@ -393,8 +393,8 @@ def test_bad_use_raises_clear_errors(data):
         AdaptAlignModel(tiny_config(adapter_target_modules=["no_such_module"]))
     model = AdaptAlignModel(tiny_config())
     x = torch.randn(2, 3, 32, 32)
-    with pytest.raises(ValueError, match="labels need text_embeds"):
-        model(pixel_values=x, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="needs the alignment logits: call the model with text_embeds"):
+        AdaptAlignLoss(model.config)(model(pixel_values=x), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"text_embeds must have shape \(num_classes, 16\)"):
         model(pixel_values=x, text_embeds=torch.randn(3, 7))
     with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):

@@ -1,6 +1,10 @@
-"""Every loss of the package, each a small pure function named with its paper's equation."""
+"""Every loss of the package: small pure functions named with their paper's equations, and per family one
+`nn.Module` that takes the model's output and calls them (`SketchAnAnchorLoss`, `AdaptAlignLoss`,
+`FGSBIRLoss`, `ShapeViewsLoss`): the convention of all four families is that `forward` returns outputs and
+the loss module computes the objective, so each training step is a few lines."""
 
 from hf_sbir.losses.sketch_an_anchor import (
+    SketchAnAnchorLoss,
     SketchAnAnchorLosses,
     anchor_similarity,
     anchored_sample_loss,
@@ -9,3 +13,6 @@ from hf_sbir.losses.sketch_an_anchor import (
     sketch_an_anchor_loss,
     soft_cross_entropy,
 )
+from hf_sbir.losses.adapt_align import AdaptAlignLoss
+from hf_sbir.losses.fg_sbir import FGSBIRLoss
+from hf_sbir.losses.shape_views import ShapeViewsLoss

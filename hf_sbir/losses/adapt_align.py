@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -105,8 +106,28 @@ def adapt_align_loss(
     return AdaptAlignLosses(total=align + distillation_weight * distill, align=align, distill=distill)
 
 
+class AdaptAlignLoss(nn.Module):
+    """Eq. 5 as a module that takes the model's output: `loss(model(pixel_values=x, text_embeds=t), labels)`,
+    plus, for eq. 4, the frozen teacher's pooled features of the items `student_rows` selects (all by default).
+    The weight and kind of the distillation term are read from `config` at each call."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def forward(self, output, labels: torch.Tensor, teacher_features: torch.Tensor | None = None,
+                student_rows: slice = slice(None)) -> AdaptAlignLosses:
+        if output.logits is None:
+            raise ValueError("The Adapt and Align loss needs the alignment logits: call the model with text_embeds.")
+        student = output.image_features[student_rows] if teacher_features is not None else None
+        return adapt_align_loss(
+            output.logits, labels, student, teacher_features, self.config.distillation_weight, self.config.distillation_loss
+        )
+
+
 __all__ = [
     "MAX_LOGIT_SCALE",
+    "AdaptAlignLoss",
     "AdaptAlignLosses",
     "adapt_align_loss",
     "alignment_logits",

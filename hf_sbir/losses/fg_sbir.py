@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hf_sbir.losses.distributed import gather_no_grad, gather_with_grad
 
@@ -188,7 +189,46 @@ def fg_sbir_loss(
     return FGSBIRLosses(total, cross_modal, photo_intra, sketch_intra, distillation)
 
 
+# The groups of one training batch, in the order the model sees them (one forward pass over all of them).
+FG_BATCH_GROUPS = ("sketch", "sketch_positive", "sketch_negative", "photo", "photo_augmented", "photo_negative", "unlabelled")
+
+
+class FGSBIRLoss(nn.Module):
+    """Eq. 5 as a module that takes the model's output over the concatenated groups of a batch
+    (`FG_BATCH_GROUPS` order; `sizes` gives each group's rows, "unlabelled" optional) and, with distillation,
+    the teacher's embeddings of the "photo" (and "unlabelled") groups: L_KD sums (i) unlabelled photos,
+    (ii) photos and (iii) sketches against the teacher's photos. Margins and weights come from `config`."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def forward(self, output, sizes: dict[str, int], teacher: dict[str, torch.Tensor] | None = None) -> FGSBIRLosses:
+        cfg = self.config
+        names = [name for name in FG_BATCH_GROUPS if name in sizes]
+        embeddings = dict(zip(names, output.embeddings.split([sizes[n] for n in names])))
+        distillation = None
+        if teacher is not None:
+            if output.distillation_embeddings is None:
+                raise ValueError("Distillation needs a model with the distillation token.")
+            student = dict(zip(names, output.distillation_embeddings.split([sizes[n] for n in names])))
+            tau, k = cfg.distillation_temperature, cfg.distillation_neighbours
+            distillation = contextual_distillation_loss(student["photo"], teacher["photo"], tau, k)  # (ii)
+            distillation = distillation + contextual_distillation_loss(student["sketch"], teacher["photo"], tau, k)  # (iii)
+            if "unlabelled" in teacher:  # (i)
+                distillation = distillation + contextual_distillation_loss(student["unlabelled"], teacher["unlabelled"], tau, k)
+        return fg_sbir_loss(
+            embeddings["sketch"], embeddings["sketch_positive"], embeddings["sketch_negative"],
+            embeddings["photo"], embeddings["photo_augmented"], embeddings["photo_negative"],
+            cross_modal_margin=cfg.cross_modal_margin, photo_margin=cfg.photo_margin, sketch_margin=cfg.sketch_margin,
+            photo_intra_weight=cfg.photo_intra_weight, sketch_intra_weight=cfg.sketch_intra_weight,
+            distillation=distillation, distillation_weight=cfg.distillation_weight,
+        )
+
+
 __all__ = [
+    "FG_BATCH_GROUPS",
+    "FGSBIRLoss",
     "FGSBIRLosses",
     "contextual_distillation_loss",
     "cross_modal_triplet_loss",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hf_sbir.losses.distributed import gather_with_grad
 
@@ -46,4 +47,22 @@ def contrastive_cross_entropy(
     return loss
 
 
-__all__ = ["contrastive_cross_entropy"]
+
+
+class ShapeViewsLoss(nn.Module):
+    """The contrastive objective as a module that takes the model's output: the first `num_first` embeddings
+    are one style's drawings, the rest the same views in the other style (row i pairs with row i)."""
+
+    def __init__(self, config, symmetric: bool = True):
+        super().__init__()
+        self.config = config
+        self.symmetric = symmetric
+
+    def forward(self, output, num_first: int) -> torch.Tensor:
+        embeddings = output.embeddings
+        return contrastive_cross_entropy(
+            embeddings[:num_first], embeddings[num_first:], self.config.contrastive_temperature, self.symmetric
+        )
+
+
+__all__ = ["ShapeViewsLoss", "contrastive_cross_entropy"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hf_sbir.losses.distributed import gather_no_grad, gather_with_grad
 
@@ -141,3 +142,44 @@ def sketch_an_anchor_loss(
         )
     total = nce + sum(semantic.values(), torch.zeros_like(nce)) + sum(sample.values(), torch.zeros_like(nce))
     return SketchAnAnchorLosses(total=total, nce=nce, semantic=semantic, sample=sample)
+
+
+class SketchAnAnchorLoss(nn.Module):
+    """The training objective as a module that takes the model's output (as open_clip's `ClipLoss` does):
+    `loss(model(pixel_values=cat([sketches, photos]), word_anchors=w, visual_anchors=v), labels, n, w, v)`.
+
+    The output holds sketches (first `num_sketches` rows) then photos, and the GCN-adapted anchors of the kinds
+    passed to the model (`adapted_word_anchors`, `adapted_visual_anchors`); the raw anchors give eq. 2's
+    similarities. Temperatures are read from `config` at each call, so a changed runtime setting applies.
+    """
+
+    def __init__(self, config, gather: bool = True):
+        super().__init__()
+        self.config = config
+        self.gather = gather
+
+    def forward(self, output, labels: torch.Tensor, num_sketches: int, word_anchors: torch.Tensor | None = None,
+                visual_anchors: torch.Tensor | None = None) -> SketchAnAnchorLosses:
+        n = num_sketches
+        fields = ("embeddings", "word_embeddings", "visual_embeddings")
+        sketch_out = _Rows(**{f: getattr(output, f)[:n] for f in fields})
+        photo_out = _Rows(**{f: getattr(output, f)[n:] for f in fields})
+        adapted, sims = {}, {}
+        if word_anchors is not None:
+            adapted["word"], sims["word"] = output.adapted_word_anchors, anchor_similarity(word_anchors)
+        if visual_anchors is not None:
+            adapted["visual"], sims["visual"] = output.adapted_visual_anchors, anchor_similarity(visual_anchors)
+        return sketch_an_anchor_loss(
+            sketch_out, photo_out, labels, adapted, sims,
+            self.config.contrastive_temperature, self.config.anchor_similarity_temperature, gather=self.gather,
+        )
+
+
+@dataclass
+class _Rows:
+    """The sketch or photo rows of a `SketchAnAnchorOutput` (the fields the loss reads)."""
+
+    embeddings: torch.Tensor
+    word_embeddings: torch.Tensor
+    visual_embeddings: torch.Tensor
+

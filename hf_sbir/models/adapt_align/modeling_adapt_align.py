@@ -36,7 +36,7 @@ from transformers.utils import ModelOutput
 
 from hf_sbir.backbones.modeling_backbones import build_backbone
 from hf_sbir.backbones.outputs import TokenBackboneOutput
-from hf_sbir.losses.adapt_align import MAX_LOGIT_SCALE, alignment_logits, alignment_loss
+from hf_sbir.losses.adapt_align import MAX_LOGIT_SCALE, alignment_logits
 from hf_sbir.modeling_utils import SbirPreTrainedModel, check_pixel_values
 from hf_sbir.models.adapt_align.configuration_adapt_align import RESNET_MODEL_TYPE, AdaptAlignConfig, backbone_hidden_size
 
@@ -61,8 +61,6 @@ class AdaptAlignOutput(ModelOutput):
     """Output of `AdaptAlignModel`.
 
     Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Alignment cross-entropy (eq. 3), when `text_embeds` and `labels` were passed.
         logits (`torch.FloatTensor` of shape `(batch_size, num_classes)`, *optional*):
             Scaled cosine similarities to the class text embeddings (eq. 2), when `text_embeds` was passed.
         embeddings (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
@@ -74,7 +72,6 @@ class AdaptAlignOutput(ModelOutput):
             The backbone's token (or flattened feature-map) states, when `output_hidden_states=True`.
     """
 
-    loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
     image_features: torch.FloatTensor | None = None
@@ -285,7 +282,8 @@ class AdaptAlignModel(AdaptAlignPreTrainedModel):
     """Adapt and Align: `model(pixel_values=images).embeddings` -> (B, projection_dim), L2-normalised.
 
     With `text_embeds` (C, projection_dim) — the class text embeddings — the output also carries the
-    alignment logits (eq. 2), and with `labels` their cross-entropy (eq. 3).
+    alignment logits (eq. 2); the training objective (eq. 3-5) is `hf_sbir.losses.adapt_align.AdaptAlignLoss`,
+    which takes this output (forward computes no loss, as in the other families).
 
     Build it from a config (random initialisation, e.g. for tests) with `AdaptAlignModel(config)`, from a
     pretrained backbone with `AdaptAlignModel.from_backbone("microsoft/resnet-50")` (or a ViT id, or
@@ -352,7 +350,6 @@ class AdaptAlignModel(AdaptAlignPreTrainedModel):
         self,
         pixel_values: torch.FloatTensor | None = None,
         text_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
         output_hidden_states: bool = False,
         return_dict: bool | None = None,
         **kwargs,
@@ -363,16 +360,12 @@ class AdaptAlignModel(AdaptAlignPreTrainedModel):
                 Sketches or photos, processed by the model's image processor.
             text_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`, *optional*):
                 Class text embeddings; when given, `logits` are computed (eq. 2).
-            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-                Class index of each image in `text_embeds`; when given, `loss` is the cross-entropy (eq. 3).
         """
         check_pixel_values(pixel_values)
-        if labels is not None and text_embeds is None:
-            raise ValueError("labels need text_embeds: the class text embeddings the labels index into.")
         out = self.backbone(pixel_values)
         features = out.pooled_output
         embeddings = F.normalize(self.projection(features), dim=-1)
-        logits = loss = None
+        logits = None
         if text_embeds is not None:
             if text_embeds.ndim != 2 or text_embeds.shape[1] != self.config.projection_dim:
                 raise ValueError(
@@ -380,10 +373,7 @@ class AdaptAlignModel(AdaptAlignPreTrainedModel):
                     "projection_dim must equal the text encoder's embedding size."
                 )
             logits = alignment_logits(embeddings, text_embeds.to(embeddings.dtype), self.get_logit_scale())
-            if labels is not None:
-                loss = alignment_loss(logits, labels)
         result = AdaptAlignOutput(
-            loss=loss,
             logits=logits,
             embeddings=embeddings,
             image_features=features,

@@ -229,7 +229,7 @@ class AdaptAlignMethod(TrainingMethod):
 
     # -- optimisation ----------------------------------------------------------------------------
     def training_step(self, model, batch, step):
-        from hf_sbir.losses.adapt_align import adapt_align_loss
+        from hf_sbir.losses.adapt_align import AdaptAlignLoss
 
         config = getattr(model, "module", model).config  # DDP wraps the model
         n = batch["sketch_pixel_values"].shape[0]
@@ -237,15 +237,11 @@ class AdaptAlignMethod(TrainingMethod):
         pixel_values = torch.cat([batch["sketch_pixel_values"], batch["photo_pixel_values"]])
         labels = torch.cat([batch["labels"], batch["labels"]])
         out = model(pixel_values=pixel_values, text_embeds=self.text_embeds.to(pixel_values.device))
-        student = teacher = None
+        chosen, teacher = {"both": slice(None), "sketch": slice(0, n), "photo": slice(n, None)}[self.distillation_domains], None
         if self.teacher is not None and config.distillation_weight > 0:
-            chosen = {"both": slice(None), "sketch": slice(0, n), "photo": slice(n, None)}[self.distillation_domains]
             with torch.no_grad():
                 teacher = self.teacher(pixel_values[chosen]).pooled_output
-            student = out.image_features[chosen]
-        losses = adapt_align_loss(
-            out.logits, labels, student, teacher, config.distillation_weight, config.distillation_loss
-        )
+        losses = AdaptAlignLoss(config)(out, labels, teacher, student_rows=chosen)
         logs = losses.as_floats()
         with torch.no_grad():
             predictions = out.logits.argmax(dim=-1)

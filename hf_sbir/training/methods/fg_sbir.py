@@ -425,38 +425,19 @@ class FGSBIRMethod(TrainingMethod):
 
     # -- optimisation ----------------------------------------------------------------------------
     def training_step(self, model, batch, step):
-        from hf_sbir.losses.fg_sbir import contextual_distillation_loss, fg_sbir_loss
+        from hf_sbir.losses.fg_sbir import FG_BATCH_GROUPS, FGSBIRLoss
 
-        cfg = self.config
-        names = ["sketch", "sketch_positive", "sketch_negative", "photo", "photo_augmented", "photo_negative"]
-        if "unlabelled" in batch:
-            names.append("unlabelled")
-        sizes = [batch[k].shape[0] for k in names]
-        # One forward pass over everything (one call through DDP).
-        out = model(pixel_values=torch.cat([batch[k] for k in names]))
-        embeddings = dict(zip(names, out.embeddings.split(sizes)))
-        distillation = None
+        sizes = {name: batch[name].shape[0] for name in FG_BATCH_GROUPS if name in batch}
+        # One forward pass over every group (one call through DDP).
+        out = model(pixel_values=torch.cat([batch[name] for name in sizes]))
+        teacher = None
         if self.teacher is not None:
-            if out.distillation_embeddings is None:
-                raise ValueError("Distillation needs a model with the distillation token.")
-            student = dict(zip(names, out.distillation_embeddings.split(sizes)))
-            teacher_names = ["photo"] + (["unlabelled"] if "unlabelled" in batch else [])
+            names = [name for name in ("photo", "unlabelled") if name in batch]
             with torch.no_grad():
                 self.teacher.to(batch["photo"].device)
-                teacher_out = self.teacher(pixel_values=torch.cat([batch[k] for k in teacher_names])).embeddings
-            teacher = dict(zip(teacher_names, teacher_out.split([batch[k].shape[0] for k in teacher_names])))
-            temperature, neighbours = cfg.distillation_temperature, cfg.distillation_neighbours
-            distillation = contextual_distillation_loss(student["photo"], teacher["photo"], temperature, neighbours)  # (ii)
-            distillation = distillation + contextual_distillation_loss(student["sketch"], teacher["photo"], temperature, neighbours)  # (iii)
-            if "unlabelled" in teacher:  # (i)
-                distillation = distillation + contextual_distillation_loss(student["unlabelled"], teacher["unlabelled"], temperature, neighbours)
-        losses = fg_sbir_loss(
-            embeddings["sketch"], embeddings["sketch_positive"], embeddings["sketch_negative"],
-            embeddings["photo"], embeddings["photo_augmented"], embeddings["photo_negative"],
-            cross_modal_margin=cfg.cross_modal_margin, photo_margin=cfg.photo_margin, sketch_margin=cfg.sketch_margin,
-            photo_intra_weight=cfg.photo_intra_weight, sketch_intra_weight=cfg.sketch_intra_weight,
-            distillation=distillation, distillation_weight=cfg.distillation_weight,
-        )
+                embedded = self.teacher(pixel_values=torch.cat([batch[k] for k in names])).embeddings
+            teacher = dict(zip(names, embedded.split([sizes[k] for k in names])))
+        losses = FGSBIRLoss(self.config)(out, sizes, teacher)
         return losses.total, losses.as_floats()
 
     def after_optimizer_step(self, model, step: int) -> None:

@@ -294,14 +294,14 @@ class ShapeViewsMethod(TrainingMethod):
 
     # -- optimisation ----------------------------------------------------------------------------
     def training_step(self, model, batch, step):
-        from hf_sbir.losses.shape_views import contrastive_cross_entropy
+        from hf_sbir.losses.shape_views import ShapeViewsLoss
 
-        config = _unwrap(model).config
         a, b = batch["style_a_pixel_values"], batch["style_b_pixel_values"]
         n = a.shape[0]
         # One forward pass over both styles (one call through DDP).
-        embeddings = model(pixel_values=torch.cat([a, b])).embeddings
-        loss = contrastive_cross_entropy(embeddings[:n], embeddings[n:], config.contrastive_temperature, self.settings["symmetric_loss"])
+        out = model(pixel_values=torch.cat([a, b]))
+        loss = ShapeViewsLoss(_unwrap(model).config, self.settings["symmetric_loss"])(out, n)
+        embeddings = out.embeddings
         with torch.no_grad():
             sims = embeddings[:n] @ embeddings[n:].T
             pair_acc = (sims.argmax(dim=1) == torch.arange(n, device=sims.device)).float().mean()

@@ -204,26 +204,12 @@ class SketchAnAnchorMethod(TrainingMethod):
         return self._config
 
     def training_step(self, model, batch, step):
-        from hf_sbir.losses.sketch_an_anchor import anchor_similarity, sketch_an_anchor_loss
+        from hf_sbir.losses.sketch_an_anchor import SketchAnAnchorLoss
 
-        cfg = self.config
-        n = batch["sketch_pixel_values"].shape[0]
         # One forward pass over sketches and photos together (one call through DDP, GCN included).
-        out = model(
-            pixel_values=torch.cat([batch["sketch_pixel_values"], batch["photo_pixel_values"]]),
-            word_anchors=batch.get("word_anchors"),
-            visual_anchors=batch.get("visual_anchors"),
-        )
-        sketch_out, photo_out = _split_output(out, n)
-        adapted, sims = {}, {}
-        for kind in ("word", "visual"):
-            if f"{kind}_anchors" in batch:
-                adapted[kind] = getattr(out, f"adapted_{kind}_anchors")
-                sims[kind] = anchor_similarity(batch[f"{kind}_anchors"])
-        losses = sketch_an_anchor_loss(
-            sketch_out, photo_out, batch["labels"], adapted, sims,
-            cfg.contrastive_temperature, cfg.anchor_similarity_temperature,
-        )
+        word, visual = batch.get("word_anchors"), batch.get("visual_anchors")
+        out = model(pixel_values=torch.cat([batch["sketch_pixel_values"], batch["photo_pixel_values"]]), word_anchors=word, visual_anchors=visual)
+        losses = SketchAnAnchorLoss(self.config)(out, batch["labels"], batch["sketch_pixel_values"].shape[0], word, visual)
         return losses.total, losses.as_floats()
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -240,12 +226,3 @@ class SketchAnAnchorMethod(TrainingMethod):
 
     def state_dict(self):
         return {"sampler": self.sampler.state_dict() if self.sampler is not None else None}
-
-
-def _split_output(out, n):
-    from hf_sbir.models.sketch_an_anchor import SketchAnAnchorOutput
-
-    fields = ("embeddings", "word_embeddings", "visual_embeddings")
-    first = SketchAnAnchorOutput(**{f: getattr(out, f)[:n] for f in fields})
-    second = SketchAnAnchorOutput(**{f: getattr(out, f)[n:] for f in fields})
-    return first, second
