@@ -3,7 +3,6 @@ method on tiny generated data, and config errors. Tiny models only (ViT hidden 3
 
 import copy
 import json
-import re
 import zlib
 from types import SimpleNamespace
 
@@ -225,35 +224,6 @@ def test_from_backbone_starts_from_the_pretrained_weights(tmp_path, backbone):
     assert torch.allclose(model.get_image_features(x), expected, atol=1e-5)
 
 
-def test_trust_remote_code_route_from_the_saved_folder(tmp_path):
-    """The flat bundle that save_pretrained writes loads through transformers' dynamic modules, with no
-    import of the package (checked statically; tests/test_sketch_an_anchor_model.py also runs the shared
-    bundling with the package blocked, in a subprocess)."""
-    model = AdaptAlignModel(tiny_config()).eval()
-    _randomise_adapters(model)
-    folder = tmp_path / "adapt-align-remote"
-    model.save_pretrained(folder)
-    bundle = sorted(p.name for p in folder.glob("*.py"))
-    for name in ("modeling_adapt_align.py", "configuration_adapt_align.py", "adapt_align.py", "modeling_backbones.py"):
-        assert name in bundle, name
-    for name in bundle:
-        assert not re.search(r"^\s*(from|import)\s+hf_sbir", (folder / name).read_text(), re.MULTILINE), name
-    # In this process the package is registered, so AutoModel would pick the local class: load the class the
-    # way trust_remote_code does, from the folder's auto_map.
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
-    remote_cls = get_class_from_dynamic_module(auto_map["AutoModel"], str(folder))
-    assert remote_cls.__module__.startswith("transformers_modules") and remote_cls is not AdaptAlignModel
-    loaded = remote_cls.from_pretrained(folder).eval()
-    assert type(loaded.config).__module__.startswith("transformers_modules")
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(loaded(pixel_values=x).embeddings, model(pixel_values=x).embeddings)
-    assert sorted(loaded.backbone.adapters) == sorted(model.backbone.adapters)
-
-
-# -- the training method --------------------------------------------------------------------------
 
 
 class FakeTextEmbedder:

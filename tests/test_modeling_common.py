@@ -153,12 +153,15 @@ def test_output_shapes_and_l2_normalisation(family):
 
 @pytest.mark.parametrize(
     "bad, message",
-    [(None, "pixel_values is required"), (torch.randn(3, 32, 32), "(batch, 3, height, width)"),
-     (torch.randn(2, 1, 32, 32), "(batch, 3, height, width)"), (torch.zeros(2, 3, 32, 32, dtype=torch.long), "float tensor")],
+    [(None, "pixel_values is required: a (batch, 3, height, width) float tensor of processed images."),
+     (torch.randn(3, 32, 32), "pixel_values must be a (batch, 3, height, width) tensor; got (3, 32, 32). Process images with"),
+     (torch.randn(2, 1, 32, 32), "tensor; got (2, 1, 32, 32). Process images with"),
+     ([[0.0]], "tensor; got list. Process images with"),
+     (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "pixel_values must be a float tensor; got torch.uint8.")],
 )
 def test_bad_pixel_values_raise_one_clear_error(family, bad, message):
     model = family.model()
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         model(pixel_values=bad)
 
 
