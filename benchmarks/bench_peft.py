@@ -153,7 +153,10 @@ def main(argv=None) -> int:
         print(f"{variant}: done", file=sys.stderr, flush=True)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"rows": rows, "settings": vars(args), "versions": library_versions()}, indent=2))
+    from importlib import metadata
+
+    versions = {**library_versions(), "peft": metadata.version("peft")}
+    (out / "results.json").write_text(json.dumps({"rows": rows, "settings": vars(args), "versions": versions}, indent=2))
     print(f"CPU: {cpu_model()}; {args.dataset} / {args.split}, seed {args.seed}, {args.iterations} iterations, "
           f"batch {args.batch_size}, {args.image_size} px\n")
     print(format_table(rows))

@@ -106,7 +106,7 @@ class TrainConfig:
     peft_alpha: Float = _setting(16.0, "LoRA / LoHa scaling alpha (> 0): the update is scaled by alpha / r", gt=0)
     peft_dropout: Float = _setting(0.0, "dropout on the adapter's input (LoRA) or of whole modules (LoHa), 0..1", ge=0, lt=1)
     peft_target_modules: Optional[list[str]] = _setting(
-        None, "backbone layer names (or name endings) to adapt, e.g. [query, value]; null: every pretrained Linear/Conv2d"
+        None, "backbone layer names (or name endings) to adapt, e.g. [q_proj, v_proj]; null: every pretrained Linear/Conv2d"
     )
     # Optimisation (paper §4.2).
     iterations: Int = _setting(1500, "optimiser steps of the run", ge=1)
