@@ -86,3 +86,25 @@ def test_peft_run_exports_the_merged_model_and_a_peft_adapter(tmp_path, capsys):
         if key.startswith("backbone.") and not any(t in key for t in (".q_proj.", ".v_proj.")):
             assert torch.equal(merged_state[key], value), key
     assert any(not torch.equal(merged_state[k], untouched[k]) for k in untouched if ".q_proj." in k)
+
+
+def test_adapter_folder_alone_rebuilds_the_model_on_the_packaged_backbone(tmp_path):
+    """What a user with only model/adapter/ does: `load_adapter_model` builds the untrained model on the packaged
+    (offline, pretrained) backbone from base_config.json and adds the adapter; same embeddings as before saving."""
+    from hf_sbir import SketchAnAnchorModel
+    from hf_sbir.training.peft import apply_peft, load_adapter_model, write_adapter_folder
+
+    model = SketchAnAnchorModel.from_backbone("packaged", projection_dim=16, gcn_hidden_size=16, word_anchor_dim=8)
+    wrapped = apply_peft(model, "lora", r=4)
+    with torch.no_grad():
+        for param in wrapped.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.02)
+    wrapped.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = wrapped(pixel_values=x).embeddings
+    write_adapter_folder(wrapped, tmp_path / "adapter")
+    reloaded = load_adapter_model(tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(reloaded(pixel_values=x).embeddings, expected, atol=1e-5)

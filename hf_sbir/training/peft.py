@@ -1,10 +1,11 @@
 """Parameter-efficient fine-tuning of any family's backbone with the `peft` library (`train.py --peft lora`).
 
-    python train.py --peft lora --peft_r 8 --peft_alpha 16 --peft_target_modules "[qkv, mlp_output]"
+    python train.py --peft lora --peft_r 8 --peft_alpha 16 --peft_target_modules "[q_proj, v_proj]"   # a ViT
 
-What trains: peft's adapters (LoRA, LoHa or IA3) on the backbone's layers, plus everything of the family
-outside the backbone that trains in full fine-tuning (projections, GCN, learnable tokens, temperature); the
-backbone's own weights are frozen. What is saved (`write_adapter_folder`): peft's format, loadable with
+What trains: peft's adapters (LoRA, LoHa or IA3) on the backbone's pretrained layers, plus everything that
+trains in full fine-tuning and is not pretrained: the family's heads (projections, GCN, learnable tokens,
+temperature) and a backbone's own new layers (the packaged hybrid's token projection and transformer, see
+`new_backbone_prefixes`); the pretrained weights are frozen. What is saved (`write_adapter_folder`): peft's format, loadable with
 `PeftModel.from_pretrained(base, folder)` where `base` is the untrained family model on the pretrained backbone
 (`base_model_for_adapter`). The adapter file holds the adapter weights *and* the trained non-backbone weights
 under their full names (`base_model.model.projection.weight`, ...): the heads start from a random
@@ -13,7 +14,8 @@ of the file that names a parameter of the model. The exported `model/` folder ke
 (`merge_and_unload`) for users who want one file; the adapter goes to `model/adapter/`.
 
 Adapt and Align's own bottleneck adapters are not peft's: they sit on a module's *output* through forward
-hooks at positions peft does not offer (after the projection BatchNorm of each MBConv block), see
+hooks at positions peft does not offer (after the projection BatchNorm of each MBConv block, after each
+transformer MLP), see
 `hf_sbir.models.adapt_align.modeling_adapt_align`; with `--peft` they are switched off.
 """
 
@@ -194,7 +196,8 @@ def base_model_for_adapter(folder: str | Path) -> nn.Module:
     """The untrained family model on its pretrained backbone: what `PeftModel.from_pretrained(base, folder)`
     adds the adapter of `folder` to. Built from `folder/base_config.json` and the backbone it names
     (`backbone_name_or_path`: a Hub id, a folder or 'packaged')."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     import hf_sbir  # noqa: F401  (registers the families with the Auto classes)
 
@@ -207,9 +210,9 @@ def base_model_for_adapter(folder: str | Path) -> nn.Module:
             f"{folder}/base_config.json names no pretrained backbone (the model was built from a backbone config); "
             "build the base model yourself and pass it to PeftModel.from_pretrained."
         )
-    model_class = type(AutoModel.from_config(config))
-    kwargs = {k: v for k, v in config.to_diff_dict().items() if k not in ("backbone_config", "backbone_name_or_path", "model_type", "transformers_version", "architectures", "auto_map")}
-    return model_class.from_backbone(name, **kwargs)
+    skip = ("backbone_config", "backbone_name_or_path", "model_type", "transformers_version", "architectures", "auto_map")
+    kwargs = {k: v for k, v in config.to_diff_dict().items() if k not in skip}
+    return MODEL_MAPPING[type(config)].from_backbone(name, **kwargs)
 
 
 def load_adapter_model(folder: str | Path):
