@@ -238,3 +238,42 @@ def test_fg_sbir_method_trains_and_evaluates_on_class_folder_pairs(tmp_path):
     assert (result["num_queries"], result["num_gallery"]) == (3, 3)
     assert set(result["metrics"]) == {"acc@1", "acc@5", "acc@10"}
     assert result["metrics"]["acc@5"] == 1.0  # 3 gallery photos: every target is in the top 5
+
+
+def test_train_fg_sbir_with_a_zero_shot_split_reads_class_folder_pairs(tmp_path):
+    """`train.py --method fg_sbir --split sketchy_sake` on a Sketchy-style class-folder tree: trains on the seen
+    classes' pairs and scores each unseen sketch against every unseen photo (before this, fg_sbir read QMUL-style
+    folders only and refused the tree)."""
+    from transformers import PvtV2Config
+
+    from hf_sbir.training import TrainConfig
+    from hf_sbir.training.methods import get_method_class
+    from hf_sbir.training.trainer import train
+
+    root = tmp_path / "fg"
+    # cat and dog are seen classes of SAKE's split, horse an unseen one; h3 is an unseen photo without a sketch.
+    layout = {"cat": {"c1": 2, "c2": 1}, "dog": {"d1": 1, "d2": 2}, "horse": {"h1": 2, "h2": 1, "h3": 0}}
+    for cls, photos in layout.items():
+        for i, (photo, n) in enumerate(photos.items()):
+            _image(root / "photo" / cls / f"{photo}.jpg", 10 * i)
+            for k in range(1, n + 1):
+                _image(root / "sketch" / cls / f"{photo}-{k}.png", 200 + k)
+    backbone = PvtV2Config(
+        num_encoder_blocks=2, depths=[1, 1], hidden_sizes=[16, 32], sr_ratios=[2, 1], patch_sizes=[7, 3],
+        strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], image_size=32,
+    )
+    args = TrainConfig(
+        method="fg_sbir", dataset=str(root), split="sketchy_sake", backbone_config=backbone.to_dict(),
+        model_config={"embedding_dim": 16}, image_size=32, batch_size=2, eval_batch_size=8, iterations=1,
+        output_dir=str(tmp_path / "run"), progress=False, log_with="none", eval_before=False,
+    )
+    with pytest.warns(MissingSplitClassesWarning):
+        data = get_method_class("fg_sbir")(args).load_data()
+    assert set(data["train"]["class"]) == {"cat", "dog"} and set(data["test"]["class"]) == {"horse"}
+    result = train(args)
+    assert (result.metrics_after["num_queries"], result.metrics_after["num_gallery"]) == (3, 3)
+    assert set(result.metrics_after["metrics"]) == {"acc@1", "acc@5", "acc@10"}
+    # Left at the config's default split ("embedded"), a class-folder tree is still refused with the pointer.
+    args.split = "embedded"
+    with pytest.raises(FileNotFoundError, match="load_fg_zero_shot"):
+        get_method_class("fg_sbir")(args).load_data()

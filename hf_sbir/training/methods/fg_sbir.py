@@ -32,8 +32,10 @@ Method settings (`method_args`, all optional):
 
 Data (`load_data()`, called by the shared loop): `args.dataset` is a fine-grained folder
 (`hf_sbir.data.fg_paired`: QMUL Shoe-V2 / Chair-V2 and other layouts), or `"embedded"` for the generated
-offline set of sketch/photo instance pairs (`hf_sbir.data.fg_embedded`). `args.split` and `args.gzs`
-(category-level zero-shot settings) are not used. `setup` / `evaluate` also load the paired data
+offline set of sketch/photo instance pairs (`hf_sbir.data.fg_embedded`). With a zero-shot `args.split`
+(e.g. `sketchy_sake`), `args.dataset` is a class-folder tree whose sketch names name their photo (Sketchy,
+`"sketchy-small"`; `hf_sbir.data.fg_class_folders`): training uses the seen classes' pairs, evaluation each
+unseen sketch against all unseen photos. `args.gzs` is not used. `setup` / `evaluate` also load the paired data
 themselves when the `data` they are given has no `pair_id` column.
 """
 
@@ -303,11 +305,32 @@ class FGSBIRMethod(TrainingMethod):
                 from hf_sbir.data.fg_embedded import load_fg_embedded
 
                 self._data = load_fg_embedded()
+            elif self.args.split not in (None, "embedded"):
+                # "embedded" is the config's default split (the generated category set's classes): left at the
+                # default, a fine-grained folder keeps its own instance-level train/test, as before.
+                self._data = self._load_zero_shot_pairs()
             else:
                 from hf_sbir.data.fg_paired import load_fg_paired
 
                 self._data = load_fg_paired(self.args.dataset, on_unmatched=self.method_args.get("on_unmatched", "raise"))
         return self._data
+
+    def _load_zero_shot_pairs(self):
+        """Class folders whose sketch names name their photo (Sketchy's `<photo-id>-<n>.png`), zero-shot over the
+        classes of `args.split`: train on the seen classes' pairs, test each unseen sketch against every unseen
+        photo (`hf_sbir.data.fg_class_folders`). The train split goes through the leak guard, as the category-level
+        methods' does: zero-shot means zero-shot."""
+        from hf_sbir.data import guard_training_set, sbir_mini_root, sketchy_small_root
+        from hf_sbir.data.fg_class_folders import load_fg_zero_shot
+
+        named = {"sketchy-small": sketchy_small_root, "sketchy_small": sketchy_small_root,
+                 "sbir-mini": sbir_mini_root, "sbir_mini": sbir_mini_root}
+        root = named[self.args.dataset]() if self.args.dataset in named else self.args.dataset
+        data = load_fg_zero_shot(
+            root, self.args.split, on_unmatched=self.method_args.get("on_unmatched", "raise"), on_error=self.args.corrupt_images
+        )
+        guard_training_set(data["train"], self.args.split, label_column="class")
+        return data
 
     def _paired(self, data):
         from hf_sbir.data.fg_paired import is_fg_paired
