@@ -11,12 +11,17 @@ holds 116 Sketchy classes, 25 sketches + 25 photos each, 128 px: 94 of SAKE's 10
     full        + randomised anchors and the 4-layer GCN (the full model)
 
 Each run is scored on the unseen classes at category level (sketch->photo mAP@all, mAP@200, P@100, P@200,
-photo->photo mAP@all, per-class AP; `method.evaluate`) and, unless `--no_extra_evals`, also:
+photo->photo mAP@all, per-class AP) under the "textbook" and "sake" protocols (`hf_sbir.metrics.PROTOCOLS`, from
+the same embeddings; `hf_sbir.retrieval.evaluation.evaluate_zero_shot`) and, unless `--no_extra_evals`, also:
 
     backbone    the trained model's *backbone features* at category level (embedding vs backbone features)
     fg          instance level: each unseen sketch against all 550 unseen photos, its source photo the one
                 relevant item (Acc@1/5/10; `hf_sbir.data.fg_class_folders`), for the embedding and the
                 backbone features (is a category model also a fine-grained one?)
+
+`--variants fg_sbir adapt_align` trains those methods on the same split, next to Sketch-an-Anchor (FG-SBIR on
+the seen classes' real sketch/photo pairs: its own score is the instance level, its embedding is also scored at
+category level). `--report_only` writes the tables from the runs finished so far.
 
 `--iterations` takes several values for the sweep that picks the iteration count (each count trains its own
 runs under `it<N>/`; the untrained score does not depend on it and is computed once per seed and backbone).
@@ -43,12 +48,31 @@ from pathlib import Path
 import torch
 
 from _machine import cpu_model, library_versions  # benchmarks/ is on sys.path when a script runs
-from ablation_sbir_mini import KEYS, VARIANTS, _parse_setting, _reuse, _save, evaluate_untrained
+from ablation_sbir_mini import KEYS, PROTOCOLS, VARIANTS, _parse_setting, _reuse, _save, evaluate_untrained, protocol_metrics
 
+# The other methods, trained on the same split next to Sketch-an-Anchor: method and its method_args.
+# FG-SBIR trains on the seen classes' real sketch/photo pairs (`fg_sbir` with a zero-shot split reads the
+# class folders' pairs); ema_decay 0.9 as in configs/fg_sbir_cpu.yaml: with a few hundred steps the
+# paper's 0.999 would export (almost) the untrained weights.
+OTHER_METHODS = {
+    "fg_sbir": ("fg_sbir", {"ema_decay": 0.9}),
+    "adapt_align": ("adapt_align", {}),
+}
 ORDER = ["untrained", *VARIANTS]
+CHOICES = [*ORDER, *OTHER_METHODS]
 BACKBONES = {"efficientnet-lite0": "packaged", "efficientnet-lite1": "efficientnet-lite1", "efficientnet-lite2": "efficientnet-lite2"}
 SPLITS = ("sketchy_sake", "sketchy_no")
 FG_KEYS = ("acc@1", "acc@10")
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (the DataLoader workers that decode
+    images are child processes, counted once they have exited): unlike the wall time, this does not grow with
+    the other processes sharing the machine, so a loaded machine's runs can be compared by it."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def base_config(args, seed: int, variant: str, iterations: int):
@@ -56,8 +80,9 @@ def base_config(args, seed: int, variant: str, iterations: int):
 
     backbone_dir = "" if args.backbone == "efficientnet-lite0" else f"{args.backbone}/"
     run_dir = f"{backbone_dir}seed{seed}/untrained" if variant == "untrained" else f"{backbone_dir}it{iterations}/seed{seed}/{variant}"
+    method, method_args = OTHER_METHODS.get(variant, ("sketch_an_anchor", VARIANTS.get(variant, {})))
     return TrainConfig(
-        method="sketch_an_anchor",
+        method=method,
         dataset=str(args.dataset),
         split=args.split,
         backbone=BACKBONES[args.backbone],
@@ -79,7 +104,8 @@ def base_config(args, seed: int, variant: str, iterations: int):
         max_eval_queries=args.max_eval_queries,
         log_with="jsonl",
         progress=args.progress,
-        method_args={**args.method_arg, **VARIANTS.get(variant, {})},
+        # --method_arg settings are Sketch-an-Anchor's; the other methods get their own.
+        method_args=method_args if variant in OTHER_METHODS else {**args.method_arg, **method_args},
     )
 
 
@@ -90,8 +116,20 @@ def fine_grained_data(args):
     return load_fg_zero_shot(args.dataset, args.split, splits=("test",))["test"]
 
 
-def extra_evals(cfg, model, fg_test) -> dict:
-    """Backbone features at category level, and instance-level Acc@q of the embedding and the backbone features."""
+def _category(model, cfg, transform) -> dict:
+    """Category-level zero-shot scores of `model` on the unseen classes under every protocol (the engine the
+    methods' own `evaluate` use)."""
+    from hf_sbir.retrieval.evaluation import TRAINING_PROTOCOLS, evaluate_zero_shot
+
+    return evaluate_zero_shot(
+        model, category_data(cfg), transform, batch_size=64, max_queries=cfg.max_eval_queries, seed=cfg.seed,
+        progress=False, protocol=TRAINING_PROTOCOLS,
+    ).to_dict()
+
+
+def extra_evals(cfg, model, fg_test, metrics: dict) -> dict:
+    """Backbone features at category level, and instance-level Acc@q of the embedding and the backbone features.
+    For FG-SBIR (whose own evaluation is the instance level) the category level of its embedding instead."""
     from hf_sbir.retrieval.evaluation import BackboneFeatureModel, evaluate_fine_grained
     from hf_sbir.training.methods import get_method_class
 
@@ -99,11 +137,16 @@ def extra_evals(cfg, model, fg_test) -> dict:
     transform = method.build_transform(model)
     features = BackboneFeatureModel(model).eval()
     extras = {}
-    start = time.perf_counter()
-    extras["backbone"] = method.evaluate(features, category_data(cfg), transform)
-    extras["fg"] = evaluate_fine_grained(model.eval(), fg_test, transform, batch_size=64).to_dict()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    extras["backbone"] = _category(features, cfg, transform)
+    if cfg.method == "fg_sbir":
+        extras["category"] = _category(model.eval(), cfg, transform)
+        extras["fg"] = {k: metrics[k] for k in ("metrics", "num_queries", "num_gallery", "task") if k in metrics}
+    else:
+        extras["fg"] = evaluate_fine_grained(model.eval(), fg_test, transform, batch_size=64).to_dict()
     extras["fg_backbone"] = evaluate_fine_grained(features, fg_test, transform, batch_size=64).to_dict()
     extras["extra_eval_seconds"] = time.perf_counter() - start
+    extras["extra_eval_cpu_seconds"] = _cpu_seconds() - cpu_start
     return extras
 
 
@@ -118,16 +161,17 @@ def run_trained(cfg, fg_test) -> dict:
     model = None
     if metrics is None:
         cfg.resume = bool(list_checkpoints(cfg.output_dir))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         result = train(cfg)
         metrics = result.metrics_after
         metrics["train_seconds"] = time.perf_counter() - start
+        metrics["train_cpu_seconds"] = _cpu_seconds() - cpu_start
         model = result.model
         metrics = _save(result_file, cfg, metrics)
     if fg_test is not None and "fg" not in metrics:
         if model is None:  # a run finished before (or without extras): its exported model is on disk
             model = AutoModel.from_pretrained(Path(cfg.output_dir) / "model")
-        _add(result_file, metrics, extra_evals(cfg, model, fg_test))
+        _add(result_file, metrics, extra_evals(cfg, model, fg_test, metrics))
     return metrics
 
 
@@ -159,9 +203,10 @@ def run_untrained(cfg, fg_test) -> dict:
     cache = Path(cfg.output_dir) / "eval.json"
     metrics = _reuse(cache, cfg, untrained=True)
     if metrics is None:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         metrics = evaluate_untrained(cfg)
         metrics["eval_seconds"] = time.perf_counter() - start
+        metrics["eval_cpu_seconds"] = _cpu_seconds() - cpu_start
         metrics = _save(cache, cfg, metrics, untrained=True)
     if fg_test is not None and "fg" not in metrics:
         from transformers import set_seed
@@ -213,10 +258,51 @@ def table(rows: dict[str, dict[str, list[float]]], keys) -> str:
 def _column(results, seeds, variant, pick) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {}
     for seed in seeds:
+        if variant not in results.get(seed, {}):
+            continue
         picked = pick(results[seed][variant])
         for key, value in (picked or {}).items():
             values.setdefault(key, []).append(value)
     return values
+
+
+def category_metrics(run: dict, protocol: str, features: str = "embedding") -> dict | None:
+    """A run's category-level unseen-class metrics under `protocol`: of its embedding, or of its backbone
+    features (`features="backbone"`); None where the run did not record them. FG-SBIR's own evaluation is
+    the instance level: its category scores are an extra evaluation."""
+    if features == "backbone":
+        source = run.get("backbone")
+    else:
+        source = run.get("category", run) if "acc@1" in run.get("metrics", {}) else run
+    return None if source is None else protocol_metrics(source, protocol)
+
+
+def per_class_table(results, seeds, variants, key: str = "map@all") -> str:
+    """One row per unseen class, one column per variant: the class's AP (`key`, textbook protocol, mean over
+    seeds, %) of the embedding."""
+    columns, classes = {}, []
+    for v in variants:
+        values: dict[str, list[float]] = {}
+        for seed in seeds:
+            run = results.get(seed, {}).get(v)
+            if run is None:
+                continue
+            source = run.get("category", run) if "acc@1" in run.get("metrics", {}) else run
+            for row in source.get("per_class", []):
+                if key in row:
+                    values.setdefault(row["label"], []).append(row[key])
+        if values:
+            columns[v] = values
+            classes += [c for c in values if c not in classes]
+    lines = ["| class | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for c in sorted(classes):
+        cells = [f"{100 * statistics.mean(columns[v][c]):.1f}" if c in columns[v] else "–" for v in columns]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _minutes(run: dict, key: str) -> float | None:
+    return run[key] / 60 if run.get(key) is not None else None
 
 
 def _mixed_versions(results) -> list[str]:
@@ -235,7 +321,10 @@ def _mixed_versions(results) -> list[str]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=ORDER, choices=ORDER)
+    parser.add_argument(
+        "--variants", nargs="+", default=ORDER, choices=CHOICES,
+        help="Sketch-an-Anchor's variants (default: all four); fg_sbir and adapt_align train those methods on the same split",
+    )
     parser.add_argument("--iterations", type=int, nargs="+", default=[300], help="one count, or several for a sweep")
     parser.add_argument("--backbone", default="efficientnet-lite0", choices=sorted(BACKBONES))
     parser.add_argument("--split", default="sketchy_sake", choices=SPLITS)
@@ -252,6 +341,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--method_arg", action="append", default=[], metavar="KEY=VALUE",
         help="a Sketch-an-Anchor method_args setting for every trained variant, e.g. backbone_gradient_scale=1.0",
+    )
+    parser.add_argument(
+        "--report_only", action="store_true",
+        help="write the tables from the runs finished so far (no training, no evaluation): partial tables while runs go on",
     )
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
@@ -281,7 +374,8 @@ def main(argv=None) -> dict:
         f"stroke +{args.sketch_stroke_width} px, method_args {args.method_arg}",
         flush=True,
     )
-    fg_test = None if args.no_extra_evals else fine_grained_data(args)
+    # The instance-level test set (550 + 550 files checked): not needed to only write the tables.
+    fg_test = None if args.no_extra_evals else (True if args.report_only else fine_grained_data(args))
 
     results: dict[int, dict[int, dict[str, dict]]] = {}  # iterations -> seed -> variant -> metrics
     for iterations in args.iterations:
@@ -290,40 +384,61 @@ def main(argv=None) -> dict:
             results[iterations][seed] = {}
             for variant in args.variants:
                 cfg = base_config(args, seed, variant, iterations)
-                metrics = run_untrained(cfg, fg_test) if variant == "untrained" else run_trained(cfg, fg_test)
+                if args.report_only:
+                    result_file = Path(cfg.output_dir) / ("eval.json" if variant == "untrained" else "eval_after.json")
+                    metrics = _reuse(result_file, cfg, untrained=variant == "untrained")
+                    if metrics is None:
+                        print(f"it {iterations} seed {seed} {variant:11s} not finished yet", flush=True)
+                        continue
+                else:
+                    metrics = run_untrained(cfg, fg_test) if variant == "untrained" else run_trained(cfg, fg_test)
                 results[iterations][seed][variant] = metrics
                 seconds = metrics.get("train_seconds")
-                print(
-                    f"it {iterations} seed {seed} {variant:9s} "
-                    + " ".join(f"{k}={100 * metrics['metrics'][k]:.2f}" for k in KEYS)
-                    + "".join(f" fg_{k}={100 * metrics['fg']['metrics'][k]:.2f}" for k in FG_KEYS if "fg" in metrics)
-                    + (f" ({seconds / 60:.1f} min)" if seconds else ""),
-                    flush=True,
-                )
+                for protocol in PROTOCOLS:
+                    m = category_metrics(metrics, protocol)
+                    figures = " ".join(f"{k}={100 * m[k]:.2f}" for k in KEYS) if m else "category level not recorded"
+                    print(
+                        f"it {iterations} seed {seed} {variant:11s} {protocol:8s} {figures}"
+                        + "".join(f" fg_{k}={100 * metrics['fg']['metrics'][k]:.2f}" for k in FG_KEYS if "fg" in metrics)
+                        + (f" ({seconds / 60:.1f} min)" if seconds and protocol == PROTOCOLS[0] else ""),
+                        flush=True,
+                    )
 
     text = (
         f"Unseen classes of sketchy-small (split {args.split}), {args.backbone}, {len(args.seeds)} seed(s) "
-        f"{args.seeds}, values in % (mean ± std over seeds)\n"
+        f"{args.seeds}, values in % (mean ± std over seeds; one value: one seed)\n"
     )
     for iterations, by_seed in results.items():
-        text += f"\n## {iterations} iterations\n\nCategory level (embedding):\n\n"
-        text += table({v: _column(by_seed, args.seeds, v, lambda m: m["metrics"]) for v in args.variants}, KEYS) + "\n"
+        text += f"\n## {iterations} iterations\n"
+        for protocol in PROTOCOLS:
+            text += f"\nCategory level (embedding), {protocol} protocol:\n\n"
+            text += table({v: _column(by_seed, args.seeds, v, lambda m, p=protocol: category_metrics(m, p)) for v in args.variants}, KEYS) + "\n"
+        trained = [v for v in args.variants if v != "untrained"]
+        if fg_test is not None and trained:
+            for protocol in PROTOCOLS:
+                text += f"\nBackbone features of the trained models, category level, {protocol} protocol:\n\n"
+                text += table(
+                    {v: _column(by_seed, args.seeds, v, lambda m, p=protocol: category_metrics(m, p, "backbone")) for v in trained}, KEYS
+                ) + "\n"
         if fg_test is not None:
-            text += "\nBackbone features of the trained models, category level:\n\n"
-            trained = [v for v in args.variants if v != "untrained"]
-            text += table({v: _column(by_seed, args.seeds, v, lambda m: m["backbone"]["metrics"]) for v in trained}, KEYS) + "\n"
             text += "\nInstance level (each unseen sketch against all unseen photos), embedding | backbone features:\n\n"
             fg_rows = {}
             for v in args.variants:
-                fg_rows[v] = _column(by_seed, args.seeds, v, lambda m: m["fg"]["metrics"])
-                if v != "untrained":
-                    fg_rows[f"{v} (backbone)"] = _column(by_seed, args.seeds, v, lambda m: m["fg_backbone"]["metrics"])
+                fg_rows[v] = _column(by_seed, args.seeds, v, lambda m: m.get("fg", {}).get("metrics"))
+                if v not in ("untrained", "fg_sbir"):
+                    fg_rows[f"{v} (backbone)"] = _column(by_seed, args.seeds, v, lambda m: m.get("fg_backbone", {}).get("metrics"))
             text += table(fg_rows, FG_KEYS) + "\n"
-        minutes = {v: [by_seed[s][v]["train_seconds"] / 60 for s in args.seeds] for v in args.variants if v != "untrained"}
-        if minutes:
-            text += "\nTraining time per run (min): " + ", ".join(
-                f"{v} {statistics.mean(m):.1f}" for v, m in minutes.items()
-            ) + "\n"
+        text += "\nPer-class AP (mAP@all of each unseen class's sketches, textbook protocol, embedding; mean over seeds):\n\n"
+        text += per_class_table(by_seed, args.seeds, args.variants) + "\n"
+        text += "\n| variant | runs | train wall (min) | train CPU (min) | extra evals wall (min) |\n|---|---|---|---|---|\n"
+        for v in args.variants:
+            runs = [by_seed[s][v] for s in args.seeds if v in by_seed.get(s, {})]
+            cells = []
+            for key in (("eval_seconds", "train_seconds"), ("eval_cpu_seconds", "train_cpu_seconds"), ("extra_eval_seconds",)):
+                xs = [m for run in runs for k in key if (m := _minutes(run, k)) is not None][: len(runs)]
+                cells.append(f"{statistics.mean(xs):.1f}" if xs else "–")
+            text += f"| {v} | {len(runs)} | " + " | ".join(cells) + " |\n"
+        text += "(untrained: evaluation time; wall time on a shared machine grows with its load, CPU time does not)\n"
     mixed = _mixed_versions(results)
     if mixed:
         text += (

@@ -127,3 +127,43 @@ def test_a_table_mixing_library_versions_says_so():
     assert ablation._mixed_versions(same) == []
     mixed = {150: {0: {"infonce": run("5.23.0")}, 1: {"infonce": run("5.24.0")}}}
     assert ablation._mixed_versions(mixed) == ["transformers: 5.23.0, 5.24.0"]
+
+
+def test_tables_show_both_protocols_per_class_ap_and_runs_still_missing(tmp_path, capsys):
+    """`--report_only` writes the tables from the finished runs (textbook and SAKE rows, per-class AP, FG-SBIR's
+    instance and category scores) and names the runs not finished yet, without training or loading data."""
+    ablation = _benchmark_module("ablation_sketchy_small")
+    argv = ["--seeds", "0", "1", "--iterations", "150", "--variants", "untrained", "infonce", "fg_sbir",
+            "--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--report_only"]
+    (tmp_path / "sketch").mkdir()  # only the folder check: --report_only reads no image
+    args = ablation.parse_args(argv)
+    args.dataset = str(tmp_path)
+
+    def category(textbook, sake):
+        by = {name: {k: value for k in ablation.KEYS} for name, value in (("textbook", textbook), ("sake", sake))}
+        return {"metrics": by["textbook"], "by_protocol": by,
+                "per_class": [{"label": "bell", "map@all": textbook}, {"label": "tree", "map@all": textbook / 2}]}
+
+    fg = {"metrics": {"acc@1": 0.05, "acc@5": 0.1, "acc@10": 0.2}}
+    for seed, (textbook, sake) in enumerate([(0.30, 0.33), (0.32, 0.37)]):
+        untrained = ablation.base_config(args, seed, "untrained", 150)
+        ablation._save(Path(untrained.output_dir) / "eval.json", untrained, {**category(0.12, 0.13), "fg": fg}, untrained=True)
+        run = {**category(textbook, sake), "backbone": category(0.2, 0.21), "fg": fg, "fg_backbone": fg,
+               "train_seconds": 600.0, "train_cpu_seconds": 300.0}
+        infonce = ablation.base_config(args, seed, "infonce", 150)
+        ablation._save(Path(infonce.output_dir) / "eval_after.json", infonce, run)
+    fg_sbir = ablation.base_config(args, 0, "fg_sbir", 150)
+    assert fg_sbir.method == "fg_sbir" and fg_sbir.method_args == {"ema_decay": 0.9}
+    ablation._save(Path(fg_sbir.output_dir) / "eval_after.json", fg_sbir,
+                   {**fg, "category": category(0.15, 0.16), "backbone": category(0.14, 0.15), "fg": fg, "train_seconds": 60.0})
+
+    ablation.main(argv)
+    printed = capsys.readouterr().out
+    assert "it 150 seed 1 fg_sbir     not finished yet" in printed
+    table = (tmp_path / "out" / "table.md").read_text()
+    textbook, sake = table.split("sake protocol:")[0], table.split("sake protocol:")[1].split("Backbone features")[0]
+    assert "| infonce | 31.00 ± 1.41 |" in textbook and "| infonce | 35.00 ± 2.83 |" in sake  # mean ± std over 2 seeds
+    assert "| fg_sbir | 15.00 |" in textbook and "| fg_sbir | 16.00 |" in sake  # its embedding at category level
+    assert "| fg_sbir | 5.00 | 20.00 |" in table  # its own (instance-level) score
+    assert "| bell | 12.0 | 31.0 | 15.0 |" in table and "| tree | 6.0 | 15.5 | 7.5 |" in table  # per-class AP
+    assert "| infonce | 2 | 10.0 | 5.0 |" in table  # wall and CPU minutes per run
