@@ -420,11 +420,14 @@ def main(argv=None) -> dict:
                 text += table(
                     {v: _column(by_seed, args.seeds, v, lambda m, p=protocol: category_metrics(m, p, "backbone")) for v in trained}, KEYS
                 ) + "\n"
-        if fg_test is not None:
+        if fg_test is not None or "fg_sbir" in args.variants:
             text += "\nInstance level (each unseen sketch against all unseen photos), embedding | backbone features:\n\n"
             fg_rows = {}
             for v in args.variants:
-                fg_rows[v] = _column(by_seed, args.seeds, v, lambda m: m.get("fg", {}).get("metrics"))
+                # FG-SBIR's own evaluation is the instance level (recorded even without the extra evaluations).
+                fg_rows[v] = _column(
+                    by_seed, args.seeds, v, lambda m: m.get("fg", {}).get("metrics") or (m["metrics"] if "acc@1" in m["metrics"] else None)
+                )
                 if v not in ("untrained", "fg_sbir"):
                     fg_rows[f"{v} (backbone)"] = _column(by_seed, args.seeds, v, lambda m: m.get("fg_backbone", {}).get("metrics"))
             text += table(fg_rows, FG_KEYS) + "\n"
