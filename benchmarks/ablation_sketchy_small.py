@@ -273,7 +273,7 @@ def category_metrics(run: dict, protocol: str, features: str = "embedding") -> d
     if features == "backbone":
         source = run.get("backbone")
     else:
-        source = run.get("category", run) if "acc@1" in run.get("metrics", {}) else run
+        source = run.get("category") if "acc@1" in run.get("metrics", {}) else run
     return None if source is None else protocol_metrics(source, protocol)
 
 
@@ -287,7 +287,7 @@ def per_class_table(results, seeds, variants, key: str = "map@all") -> str:
             run = results.get(seed, {}).get(v)
             if run is None:
                 continue
-            source = run.get("category", run) if "acc@1" in run.get("metrics", {}) else run
+            source = run.get("category", {}) if "acc@1" in run.get("metrics", {}) else run
             for row in source.get("per_class", []):
                 if key in row:
                     values.setdefault(row["label"], []).append(row[key])

@@ -131,7 +131,7 @@ def test_a_table_mixing_library_versions_says_so():
 
 def test_tables_show_both_protocols_per_class_ap_and_runs_still_missing(tmp_path, capsys):
     """`--report_only` writes the tables from the finished runs (textbook and SAKE rows, per-class AP, FG-SBIR's
-    instance and category scores) and names the runs not finished yet, without training or loading data."""
+    instance and category scores) and shows what a run did not record, without training or loading data."""
     ablation = _benchmark_module("ablation_sketchy_small")
     argv = ["--seeds", "0", "1", "--iterations", "150", "--variants", "untrained", "infonce", "fg_sbir",
             "--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--report_only"]
@@ -157,13 +157,16 @@ def test_tables_show_both_protocols_per_class_ap_and_runs_still_missing(tmp_path
     ablation._save(Path(fg_sbir.output_dir) / "eval_after.json", fg_sbir,
                    {**fg, "category": category(0.15, 0.16), "backbone": category(0.14, 0.15), "fg": fg, "train_seconds": 60.0})
 
+    fg_sbir_seed1 = ablation.base_config(args, 1, "fg_sbir", 150)  # --no_extra_evals: its own score only
+    ablation._save(Path(fg_sbir_seed1.output_dir) / "eval_after.json", fg_sbir_seed1, {**fg, "train_seconds": 60.0})
+
     ablation.main(argv)
     printed = capsys.readouterr().out
-    assert "it 150 seed 1 fg_sbir     not finished yet" in printed
+    assert "it 150 seed 1 fg_sbir     textbook category level not recorded" in printed
     table = (tmp_path / "out" / "table.md").read_text()
     textbook, sake = table.split("sake protocol:")[0], table.split("sake protocol:")[1].split("Backbone features")[0]
     assert "| infonce | 31.00 ± 1.41 |" in textbook and "| infonce | 35.00 ± 2.83 |" in sake  # mean ± std over 2 seeds
-    assert "| fg_sbir | 15.00 |" in textbook and "| fg_sbir | 16.00 |" in sake  # its embedding at category level
-    assert "| fg_sbir | 5.00 | 20.00 |" in table  # its own (instance-level) score
+    assert "| fg_sbir | 15.00 |" in textbook and "| fg_sbir | 16.00 |" in sake  # seed 0's embedding at category level
+    assert "| fg_sbir | 5.00 ± 0.00 | 20.00 ± 0.00 |" in table  # its own (instance-level) score, both seeds
     assert "| bell | 12.0 | 31.0 | 15.0 |" in table and "| tree | 6.0 | 15.5 | 7.5 |" in table  # per-class AP
     assert "| infonce | 2 | 10.0 | 5.0 |" in table  # wall and CPU minutes per run
