@@ -13,17 +13,25 @@ batch of 64 queries, and recall@10 against exact top-10 (the exact torch search 
 
     OMP_NUM_THREADS=2 python benchmarks/bench_ann.py                       # 1M x 512
     python benchmarks/bench_ann.py --size 100000 --indexes ivf_flat hnsw   # quicker
+
+``--cache DIR`` keeps the generated vectors, the exact ground truth and every built index (with its
+build time) under ``DIR``: a rerun with the same data and parameters (a wider sweep, another index)
+loads them instead of regenerating and rebuilding (an HNSW build at 1M takes the better part of an hour
+on 2 shared cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -98,6 +106,11 @@ def main(argv=None) -> None:
     parser.add_argument("--ef-searches", type=int, nargs="+", default=[16, 32, 64, 128], help="HNSW sweep")
     parser.add_argument("--hnsw-m", type=int, default=None, help="override AnnConfig.m")
     parser.add_argument("--ef-construction", type=int, default=None, help="override AnnConfig.ef_construction")
+    parser.add_argument("--ef-search", type=int, default=None, help="override AnnConfig.ef_search (the default row)")
+    parser.add_argument("--nprobe", type=int, default=None, help="override AnnConfig.nprobe (the default row)")
+    parser.add_argument("--nlist", type=int, default=None, help="override AnnConfig.nlist")
+    parser.add_argument("--no-mmap", action="store_true", help="skip the memory-mapped reload of each index")
+    parser.add_argument("--cache", type=Path, default=None, help="keep data, ground truth and built indexes here")
     args = parser.parse_args(argv)
 
     import faiss
@@ -105,11 +118,21 @@ def main(argv=None) -> None:
     from hf_sbir.retrieval import AnnConfig, AnnIndex, GalleryIndex, recall_at_k
     from hf_sbir.retrieval.index import _search_torch
 
-    generator = torch.Generator().manual_seed(0)
-    centres = F.normalize(torch.randn(args.clusters, args.dim, generator=generator), dim=1)
+    data_key = f"{args.size}x{args.dim}-c{args.clusters}-s{args.spread}-q{args.queries}"
+    cache = args.cache / data_key if args.cache else None
     start = time.perf_counter()
-    gallery = clustered(args.size, args.dim, centres, args.spread, generator)
-    queries = clustered(args.queries, args.dim, centres, args.spread, generator)
+    if cache and (cache / "exact.npy").is_file():
+        gallery = torch.from_numpy(np.load(cache / "gallery.npy"))
+        queries = torch.from_numpy(np.load(cache / "queries.npy"))
+        exact = torch.from_numpy(np.load(cache / "exact.npy"))
+        made = f"loaded from {cache} in {time.perf_counter() - start:.0f} s"
+    else:
+        generator = torch.Generator().manual_seed(0)
+        centres = F.normalize(torch.randn(args.clusters, args.dim, generator=generator), dim=1)
+        gallery = clustered(args.size, args.dim, centres, args.spread, generator)
+        queries = clustered(args.queries, args.dim, centres, args.spread, generator)
+        made = f"generated in {time.perf_counter() - start:.0f} s"
+        exact = None
     print(
         f"machine: {cpu_model()}, nproc={os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at start, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, torch {torch.__version__} "
@@ -117,11 +140,17 @@ def main(argv=None) -> None:
     )
     print(
         f"gallery {args.size:,} x {args.dim} ({args.clusters} clusters, spread {args.spread}), "
-        f"{args.queries} queries, top-10; generated in {time.perf_counter() - start:.0f} s; medians, times in ms\n"
+        f"{args.queries} queries, top-10; {made}; medians, times in ms\n"
     )
-    start = time.perf_counter()
-    _, exact = _search_torch(gallery, queries, 10, None)
-    print(f"exact ground truth for {args.queries} queries: {time.perf_counter() - start:.1f} s\n", flush=True)
+    if exact is None:
+        start = time.perf_counter()
+        _, exact = _search_torch(gallery, queries, 10, None)
+        print(f"exact ground truth for {args.queries} queries: {time.perf_counter() - start:.1f} s\n", flush=True)
+        if cache:
+            cache.mkdir(parents=True, exist_ok=True)
+            np.save(cache / "gallery.npy", gallery.numpy())
+            np.save(cache / "queries.npy", queries.numpy())
+            np.save(cache / "exact.npy", exact.numpy())  # last: its presence means the set is complete
 
     rows, sweeps = _Printed(_row), _Printed(_sweep)
     tmp = Path(tempfile.mkdtemp(prefix="bench_ann_"))
@@ -148,17 +177,37 @@ def main(argv=None) -> None:
                 overrides["m"] = args.hnsw_m
             if name == "hnsw" and args.ef_construction:
                 overrides["ef_construction"] = args.ef_construction
+            if name == "hnsw" and args.ef_search:
+                overrides["ef_search"] = args.ef_search
+            if name != "hnsw" and args.nprobe:
+                overrides["nprobe"] = args.nprobe
+            if name != "hnsw" and args.nlist:
+                overrides["nlist"] = args.nlist
+            config = AnnConfig(kind=name, **overrides).resolved(args.size, args.dim)
+            # The cached file is keyed by what shapes the built index (search-time parameters excluded).
+            shaping = ("m", "ef_construction") if name == "hnsw" else ("nlist", "train_size", "kmeans_iters", "seed")
+            shaping += ("pq_bytes", "pq_nbits") if name == "ivf_pq" else ()
+            stem = name + "".join(f"-{k}{getattr(config, k)}" for k in shaping)
+            path = (cache or tmp) / f"{stem}.faiss"
+            timing = path.with_suffix(".build.json")
             start = time.perf_counter()
-            ann = AnnIndex.build(gallery, AnnConfig(kind=name, **overrides))
-            build = time.perf_counter() - start
-            path = ann.save(tmp / f"{name}.faiss")
+            if cache and path.is_file() and timing.is_file():
+                build = json.loads(timing.read_text())["build_s"]
+                print(f"{name}: reusing {path} (built in {build:.0f} s)", flush=True)
+            else:
+                ann = AnnIndex.build(gallery, config)
+                build = time.perf_counter() - start
+                print(f"{name}: built in {build:.0f} s, load average {os.getloadavg()[0]:.1f}", flush=True)
+                ann.save(path)
+                timing.write_text(json.dumps({"build_s": build, "load_average": os.getloadavg()}))
+                del ann
             disk = path.stat().st_size / 2**20
-            config = ann.config
-            del ann
             gc.collect()
-            for mmap in (False, True):
+            for mmap in (False,) if args.no_mmap else (False, True):
                 base = rss_mb()
                 ann = AnnIndex.load(path, mmap=mmap)
+                # Search-time overrides apply to a cached index too (its .json holds the build's config).
+                ann.config = replace(ann.config, nprobe=config.nprobe, ef_search=config.ef_search)
                 loaded = rss_mb() - base
                 search = lambda q: ann.search(q, 10, gallery=gallery)  # noqa: E731
                 one, batch = latency(search, queries, args.repeats)
@@ -181,7 +230,8 @@ def main(argv=None) -> None:
                         sweeps.append((name, "efSearch" if name == "hnsw" else "nprobe", value, one_s, recall_at_k(s(queries)[1], exact)))
                 del ann, search
                 gc.collect()
-            path.unlink()
+            if not cache:
+                path.unlink()
         elif name == "milvus":
             from hf_sbir.retrieval.vector_db import VectorDBGallery
 
