@@ -56,9 +56,13 @@ class AnnConfig:
         nlist: IVF cells. Default ``2 * sqrt(N)`` (the low end of faiss' 1-16 x sqrt(N) advice: k-means
             training costs ~nlist^2 and took minutes at 1M rows on the 2 shared cores here), at least 1
             and at most N / 39 so that k-means has 39 training points per cell.
-        nprobe: IVF cells scanned per query. Default ``max(16, nlist // 16)`` (~6 % of the gallery):
-            recall@10 0.999 on the 100k benchmark set but 0.825 on the harder 1M one (BENCHMARKS.md);
-            measure on your own embeddings (`recall_at_k`) before relying on IVF.
+        nprobe: IVF cells scanned per query. Default ``max(16, nlist // 10)`` (~10 % of the gallery),
+            the least that kept recall@10 >= 0.95 on the hard 1M benchmark set (0.954; nlist // 16
+            gave 0.943, BENCHMARKS.md). On embeddings whose clusters are finer than the cells IVF
+            must scan that much, so a query costs ~1/10 of exact search: IVF is offered for memory
+            (IVF-PQ) and build time, ``backend="auto"`` never builds it, and HNSW answers such a
+            gallery 10-100x faster. On coarser clusters a few cells suffice (0.998 at nprobe 8 on the
+            100k set): measure on your own embeddings (`recall_at_k`) and lower it.
         m: HNSW links per node (faiss ``M``); more = better recall, more RAM (``8 * M`` bytes a vector).
         ef_construction: HNSW candidate list while building; more = better graph, slower build.
         ef_search: HNSW candidate list per query (raised to ``k`` if smaller).
@@ -68,7 +72,12 @@ class AnnConfig:
             smaller than the 39 points per centroid faiss asks for (galleries under ~10k rows).
         rerank: IVF-PQ re-scores ``rerank * k`` candidates exactly (needs the float embeddings).
         train_size: at most this many gallery rows train the IVF k-means / PQ codebooks (a random
-            sample; default ``50 * nlist``, inside faiss' advised 39..256 points per cell).
+            sample; default ``256 * nlist``, the most faiss uses per cell). Fewer rows a cell cost
+            recall on clustered embeddings: when a cell holds several clusters, k-means trained on a
+            few rows of each cuts them across cells and a query's neighbours fall in cells it does not
+            probe (on a 200k replica of the 1M benchmark set, 50 rows a cell gave recall@10 0.857 at
+            nprobe nlist // 16, 256 gave 0.973; tests/test_index_ann.py, BENCHMARKS.md). k-means
+            costs ``nlist x train_size`` per iteration, so this is the slowest part of an IVF build.
         kmeans_iters: k-means iterations of the IVF training (faiss' default is 25; 10 loses little
             here and costs 2.5x less).
         seed: sampling and k-means seed (builds are reproducible).
@@ -103,13 +112,13 @@ class AnnConfig:
         """A copy with every ``None`` replaced by its value for a gallery of ``count x dim``."""
         nlist = self.nlist or max(1, min(int(round(2 * math.sqrt(count))), count // 39))
         nlist = min(nlist, count)
-        nprobe = min(self.nprobe or max(16, nlist // 16), nlist)
+        nprobe = min(self.nprobe or max(16, nlist // 10), nlist)
         pq_bytes = self.pq_bytes
         if pq_bytes is None:
             pq_bytes = max(b for b in range(1, max(1, dim // 8) + 1) if dim % b == 0)
         if self.kind == "ivf_pq" and dim % pq_bytes:
             raise ValueError(f"pq_bytes={pq_bytes} must divide the embedding dim {dim}")
-        train_size = min(count, self.train_size or 50 * nlist)
+        train_size = min(count, self.train_size or 256 * nlist)
         pq_nbits = self.pq_nbits or max(1, min(8, int(math.log2(max(2, train_size // 39)))))
         return replace(self, nlist=nlist, nprobe=nprobe, pq_bytes=pq_bytes, pq_nbits=pq_nbits, train_size=train_size)
 
