@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hf_sbir.retrieval.ann import AnnConfig
+
 __all__ = ["VectorDBGallery", "DEFAULT_COLLECTION"]
 
 DEFAULT_COLLECTION = "hf_sbir_gallery"
@@ -106,8 +108,8 @@ class VectorDBGallery:
     ) -> VectorDBGallery:
         """Copy a `GalleryIndex` (embeddings + metadata) into a new collection and index it.
 
-        ``index_type`` / ``index_params``: the Milvus vector index (default HNSW with
-        ``M=32, efConstruction=40``, the `AnnConfig` defaults). ``overwrite`` drops an existing
+        ``index_type`` / ``index_params``: the Milvus vector index (default HNSW with the `AnnConfig`
+        defaults ``M`` and ``efConstruction``). ``overwrite`` drops an existing
         collection of that name; otherwise an existing one is an error.
         """
         from pymilvus import DataType, MilvusClient
@@ -124,7 +126,8 @@ class VectorDBGallery:
         schema.add_field(_VECTOR, DataType.FLOAT_VECTOR, dim=index.dim)
         schema.add_field(_META, DataType.JSON)
         params = client.prepare_index_params()
-        default = {"HNSW": {"M": 32, "efConstruction": 40}, "IVF_FLAT": {"nlist": max(1, int(2 * len(index) ** 0.5))}}
+        ann = AnnConfig(kind="ivf_flat").resolved(len(index), index.dim)  # one home for the defaults
+        default = {"HNSW": {"M": ann.m, "efConstruction": ann.ef_construction}, "IVF_FLAT": {"nlist": ann.nlist}}
         params.add_index(field_name=_VECTOR, index_type=index_type, metric_type="IP",
                          params=index_params if index_params is not None else default.get(index_type, {}))
         client.create_collection(collection, schema=schema, index_params=params)
@@ -165,7 +168,8 @@ class VectorDBGallery:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cosine top-k: ``(scores (Q, k), indices (Q, k))``, best first, as `GalleryIndex.search`.
 
-        ``search_params``: Milvus search parameters, e.g. ``{"ef": 128}`` (HNSW) or ``{"nprobe": 32}``.
+        ``search_params``: Milvus search parameters, e.g. ``{"ef": 128}`` (HNSW; default the `AnnConfig`
+        ``ef_search``) or ``{"nprobe": 32}``.
         Slots Milvus could not fill have index -1 and score ``-inf``.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -177,7 +181,7 @@ class VectorDBGallery:
             raise ValueError(f"queries must be (Q, {self.dim}) to match the gallery dim; got {tuple(queries.shape)}")
         if normalize_queries:
             queries = F.normalize(queries, dim=1)
-        params = {"ef": max(96, k), **(search_params or {})}
+        params = {"ef": max(AnnConfig.ef_search, k), **(search_params or {})}
         hits = self.client.search(
             self.collection, data=np.ascontiguousarray(queries.numpy()), limit=k, anns_field=_VECTOR,
             output_fields=["id"], search_params={"metric_type": "IP", "params": params},
