@@ -28,6 +28,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,7 +123,11 @@ def main(argv=None) -> None:
     cache = args.cache / data_key if args.cache else None
     start = time.perf_counter()
     if cache and (cache / "exact.npy").is_file():
-        gallery = torch.from_numpy(np.load(cache / "gallery.npy"))
+        # Mapped, not read: the pages are file-backed, so under memory pressure the kernel drops them
+        # instead of killing the run (an OOM kill ended a 1M HNSW build on the shared machine).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch warns that the mapping is read-only
+            gallery = torch.from_numpy(np.load(cache / "gallery.npy", mmap_mode="r"))
         queries = torch.from_numpy(np.load(cache / "queries.npy"))
         exact = torch.from_numpy(np.load(cache / "exact.npy"))
         made = f"loaded from {cache} in {time.perf_counter() - start:.0f} s"
