@@ -49,10 +49,10 @@ class AnnConfig:
 
     Args:
         kind: ``"hnsw"`` (default), ``"ivf_flat"`` or ``"ivf_pq"`` (see the module docstring). HNSW is
-            the default because it kept recall@10 >= 0.95 where IVF did not: on the 1M spread-cluster
-            benchmark set IVF-Flat reached 0.825 at the default nprobe and 0.89 scanning 12.5 % of the
-            cells, while HNSW held 0.991 at 100k (BENCHMARKS.md); it builds slowest (a one-off the CLI
-            and the Space cache).
+            the default (and what ``backend="auto"`` builds) because it keeps recall without scanning
+            much of the gallery: on the hard 1M benchmark set IVF-Flat needs 10 % of its cells for
+            recall@10 0.954, while HNSW held 0.991 at 100k in under a millisecond (BENCHMARKS.md); it
+            builds slowest (a one-off the CLI and the Space cache).
         nlist: IVF cells. Default ``2 * sqrt(N)`` (the low end of faiss' 1-16 x sqrt(N) advice: k-means
             training costs ~nlist^2 and took minutes at 1M rows on the 2 shared cores here), at least 1
             and at most N / 39 so that k-means has 39 training points per cell.
