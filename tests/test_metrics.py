@@ -18,6 +18,7 @@ from hf_sbir.metrics import (
     precision_at_k,
     retrieval_metrics,
 )
+from hf_sbir.metrics.retrieval_metrics import target_ranks
 
 # One query of class 1 against a gallery of 6. Scores strictly decrease with the gallery index,
 # so the ranking is the gallery order and the ranked relevance is the label pattern below.
@@ -325,3 +326,42 @@ def test_load_metric_names():
     assert METRIC_NAMES == ("sbir_map", "sbir_precision", "sbir_accuracy_at_k")
     with pytest.raises(ValueError, match="unknown SBIR metric"):
         load_metric("accuracy")
+
+
+# ------------------------------------------------------------------------------ instance level (Acc@k)
+def test_accuracy_target_loses_ties_to_lower_gallery_indices_and_ignores_its_excluded_self():
+    # Query 0's target (item 2) ties with items 1 and 3 at 0.5: it is beaten by the higher 0.9 (item 0) and
+    # by the equal score at the lower index 1, not by item 3 -> rank 2.
+    scores = torch.tensor([[0.9, 0.5, 0.5, 0.5], [0.1, 0.2, 0.3, 0.4], [0.3, 0.9, 0.8, 0.1], [0.2, 0.6, 0.7, 0.5]])
+    target = [2, 3, 0, 1]
+    assert accuracy_at_k(scores, target, 2, reduction="none").tolist() == [0.0, 1.0, 0.0, 1.0]
+    # The 0-based ranks themselves (q2's target 0.3 is beaten by 0.9 and 0.8; q3's 0.6 by 0.7).
+    assert target_ranks(scores, target).tolist() == [2, 0, 2, 1]
+    # exclude_self: query i's own item i never counts against its target (queries = gallery, e.g. photos).
+    # q0: item 0 (0.9) dropped -> only item 1 beats item 2 -> rank 1; q2: item 2 (0.8) dropped -> rank 1
+    # (item 1 still beats it); q3: item 3 dropped, target 1 beaten by item 2 -> rank 1.
+    excluded = accuracy_at_k(scores, target, 2, exclude_self=True, reduction="none")
+    assert excluded.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert accuracy_at_k(scores, target, 1, exclude_self=True) == pytest.approx(1 / 4)  # q1 only (rank 0)
+    assert instance_metrics(scores, target, ks=(1, 2), exclude_self=True) == {"acc@1": 0.25, "acc@2": 1.0}
+    assert instance_metrics(scores, target, ks=(1, 2)) == {"acc@1": 0.25, "acc@2": 0.5}  # exclude_self is off by default
+    # The same numbers one query at a time.
+    for chunk in (1, 3):
+        assert instance_metrics(scores, target, ks=(1, 2), exclude_self=True, chunk_size=chunk) == {"acc@1": 0.25, "acc@2": 1.0}
+        assert accuracy_at_k(scores, target, 2, exclude_self=True, chunk_size=chunk) == 1.0
+
+
+def test_instance_metric_errors_name_the_argument():
+    scores = torch.rand(3, 3)
+    with pytest.raises(ValueError, match="its own excluded"):
+        accuracy_at_k(scores, [0, 2, 1], 1, exclude_self=True)  # query 0's target is itself
+    with pytest.raises(ValueError, match=r"^got 2 target indices for 3 score rows$"):
+        instance_metrics(scores, [0, 1])
+    with pytest.raises(ValueError, match=r"^`reduction` must be one of \['mean', 'none'\], got 'sum'$"):
+        accuracy_at_k(scores, [0, 1, 2], 1, reduction="sum")
+    with pytest.raises(ValueError, match=r"^`ks` must be a positive integer, got 0$"):
+        instance_metrics(scores, [0, 1, 2], ks=(1, 0))
+    with pytest.raises(ValueError, match=r"^`chunk_size` must be a positive integer, got 0$"):
+        instance_metrics(scores, [0, 1, 2], chunk_size=0)
+    with pytest.raises(ValueError, match=r"^`chunk_size` must be a positive integer, got 0$"):
+        accuracy_at_k(scores, [0, 1, 2], 1, chunk_size=0)

@@ -118,6 +118,14 @@ def test_exported_folder_loads_and_card_carries_metrics(tmp_path):
     for key, value in after.items():
         assert results[key] == pytest.approx(value, abs=1e-6)
     assert "before fine-tuning" in card.text
+    # Every exported file has the mode config.json got from the umask (the weights come through a 600 temp file).
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir() if p.is_file()}
+    assert set(modes.values()) == {modes["config.json"]}, modes
+    # The same command again finds the finished run and returns its results without training.
+    again = train(tiny_args(tmp_path, "export", iterations=2, eval_before=True))
+    assert again.already_finished and again.finished and again.iterations_done == 2 and again.model_dir == folder
+    assert again.metrics_after == json.loads((result.output_dir / "eval_after.json").read_text())
+    assert again.metrics_before == result.metrics_before == json.loads((result.output_dir / "eval_before.json").read_text())
 
 
 def test_config_errors_are_clear(tmp_path):

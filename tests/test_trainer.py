@@ -1,0 +1,228 @@
+"""The training loop's own behaviours (`hf_sbir.training.trainer`) on a toy method that trains in a fraction
+of a second: the learning-rate schedule, what is logged and where, stop / resume / checkpoint cadence,
+the evaluation before training kept across a resume, a non-finite loss, setup errors as one line, and how
+a folder holding an earlier run is recognised. (End-to-end runs with real models: test_training.py and
+test_training_loop.py; these are fast enough for the mutation runs of TESTING.md.)"""
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from hf_sbir.training import TrainConfig, list_checkpoints, train
+from hf_sbir.training.config import ConfigError
+from hf_sbir.training.method import TrainingMethod
+from hf_sbir.training.methods import METHODS
+from hf_sbir.training.trainer import lr_lambda
+
+AS = "sketch_an_anchor"  # TrainConfig accepts only the shipped method names: the toy is registered under one
+
+
+class _Toy(TrainingMethod):
+    """Rows [t*size, (t+1)*size) of a fixed stream are the global batch of step t; a model with dropout (so a
+    resume must restore the RNG); records what the loop asks of it."""
+
+    name = "toy"
+    calls: dict = {}
+    fail_in = None  # "load_data" / "build_model": raise the error stored in `error` there
+    error: Exception | None = None
+    nan_at = None  # iteration whose loss is NaN
+    log_loss = True  # False: the step logs no "loss" key
+
+    def _record(self, what, value=None):
+        type(self).calls.setdefault(what, []).append(value)
+
+    def load_data(self):
+        if self.fail_in == "load_data":
+            raise self.error
+        return None
+
+    def build_model(self):
+        if self.fail_in == "build_model":
+            raise self.error
+        return nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.3), nn.Tanh(), nn.Linear(8, 3))
+
+    def build_transform(self, model):
+        return None
+
+    def batch_plan(self, step, size):
+        return list(range(step * size, (step + 1) * size))
+
+    def make_batch(self, step, plan):
+        g = torch.Generator().manual_seed(7)
+        x, y = torch.randn(400, 6, generator=g), torch.randn(400, 3, generator=g)
+        return {"x": x[plan], "y": y[plan]}
+
+    def training_step(self, model, batch, step):
+        loss = (model(batch["x"]) - batch["y"]).pow(2).sum(-1).mean()
+        if step == self.nan_at:
+            loss = loss * float("nan")
+        self._record("loss", (step, loss.item()))
+        return loss, ({"loss": loss.item(), "rows": float(batch["x"].shape[0])} if self.log_loss else {"rows": 1.0})
+
+    def after_optimizer_step(self, model, step):
+        self._record("after_step", step)
+
+    def evaluate(self, model, data, transform):
+        self._record("evaluate")
+        return {"metrics": {"score": 0.25}, "task": "toy"}
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setitem(METHODS, AS, f"{__name__}:_Toy")
+    monkeypatch.setattr(_Toy, "calls", {})
+    return _Toy
+
+
+def _args(tmp_path, name="run", **overrides):
+    # stop_after < iterations everywhere: the toy has no processor to export (the export: test_training.py).
+    kwargs = dict(
+        method=AS, iterations=10, stop_after=4, batch_size=4, learning_rate=0.05, min_learning_rate=0.005,
+        warmup_iterations=2, checkpoint_every=2, keep_checkpoints=10, eval_before=False, output_dir=str(tmp_path / name),
+        progress=False, log_with="none", num_workers=0,
+    )
+    kwargs.update(overrides)
+    return TrainConfig(**kwargs)
+
+
+def _weights(output_dir, step):
+    return load_file(str(output_dir / "checkpoints" / f"checkpoint-{step}" / "model.safetensors"))
+
+
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_the_floor(tmp_path):
+    factor = lr_lambda(_args(tmp_path, iterations=10, warmup_iterations=2, learning_rate=1.0, min_learning_rate=0.1))
+    assert [factor(s) for s in (0, 1)] == [0.5, 1.0]  # (step + 1) / warmup
+    # cosine over the 8 post-warm-up steps: floor + (1 - floor) * (1 + cos(pi * progress)) / 2
+    for step, progress in ((2, 0.0), (4, 0.25), (6, 0.5), (9, 7 / 8), (10, 1.0)):
+        assert factor(step) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    assert factor(25) == pytest.approx(0.1)  # past the end: stays at the floor
+    no_warmup = lr_lambda(_args(tmp_path, iterations=4, warmup_iterations=0, learning_rate=2.0, min_learning_rate=0.5))
+    assert [no_warmup(s) for s in range(5)] == pytest.approx([0.25 + 0.75 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(5)])
+    # warm-up as long as the run: the cosine span is at least one step (no division by zero)
+    whole = lr_lambda(_args(tmp_path, iterations=3, warmup_iterations=3, learning_rate=1.0, min_learning_rate=0.0))
+    assert [whole(s) for s in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
+
+
+def test_history_logs_the_mean_over_micro_batches_and_the_learning_rate_of_each_step(tmp_path, toy):
+    result = train(_args(tmp_path, stop_after=3, gradient_accumulation_steps=2, batch_size=2))
+    losses = toy.calls["loss"]
+    assert [s for s, _ in losses] == [0, 0, 1, 1, 2, 2]  # two micro-batches per iteration
+    assert [h["loss"] for h in result.history] == pytest.approx([(losses[i][1] + losses[i + 1][1]) / 2 for i in (0, 2, 4)])
+    assert [h["rows"] for h in result.history] == [2.0, 2.0, 2.0]
+    factor = lr_lambda(result_args := _args(tmp_path))
+    # the rate logged for iteration t is the one the schedule set after stepping: base * factor(t + 1)
+    assert [h["lr"] for h in result.history] == pytest.approx([result_args.learning_rate * factor(t + 1) for t in range(3)])
+    assert all(h["data_wait_s"] >= 0 for h in result.history)
+    assert toy.calls["after_step"] == [0, 1, 2]  # once per optimiser step, with the iteration
+
+
+def test_jsonl_logs_every_n_iterations_and_the_run_settings(tmp_path, toy):
+    result = train(_args(tmp_path, log_with="jsonl", log_every=2, stop_after=5))
+    lines = [json.loads(line) for line in (result.output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]
+    assert [line["loss"] for line in lines] == pytest.approx([result.history[1]["loss"], result.history[3]["loss"]])
+    assert {"loss", "lr", "rows", "data_wait_s", "time"} <= set(lines[0])
+    recorded = json.loads((result.output_dir / "logs" / "config.json").read_text())
+    assert recorded["learning_rate"] == 0.05 and recorded["log_every"] == 2 and recorded["seed"] == 0
+    # log_with none: no logs folder at all
+    quiet = train(_args(tmp_path, "quiet", log_with="none", stop_after=2))
+    assert not (quiet.output_dir / "logs").exists()
+
+
+def test_checkpoints_at_every_n_iterations_and_where_the_run_stops(tmp_path, toy):
+    result = train(_args(tmp_path, checkpoint_every=3, stop_after=7))
+    assert not result.finished and result.iterations_done == 7 and len(result.history) == 7
+    assert [p.name for p in list_checkpoints(result.output_dir)] == ["checkpoint-3", "checkpoint-6", "checkpoint-7"]
+    assert json.loads((list_checkpoints(result.output_dir)[-1] / "trainer_state.json").read_text())["iterations_done"] == 7
+
+
+def test_resume_continues_with_the_rng_state_and_ends_with_the_uninterrupted_weights(tmp_path, toy, caplog):
+    full = train(_args(tmp_path, "full", stop_after=6))
+    train(_args(tmp_path, "split", stop_after=2))
+    toy.calls.clear()
+    resumed = train(_args(tmp_path, "split", stop_after=4, resume=True))
+    assert resumed.iterations_done == 6 and [s for s, _ in toy.calls["loss"]] == [2, 3, 4, 5]
+    assert len(resumed.history) == 4
+    a, b = _weights(full.output_dir, 6), _weights(resumed.output_dir, 6)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # The dropout masks matter: another seed trains other weights.
+    other = train(_args(tmp_path, "other", stop_after=6, seed=1))
+    assert not torch.equal(_weights(other.output_dir, 6)["0.weight"], a["0.weight"])
+    # resume=True on an empty folder starts from scratch, and says so.
+    with caplog.at_level(logging.WARNING, logger="hf_sbir"):
+        fresh = train(_args(tmp_path, "fresh", stop_after=6, resume=True))
+    assert "resume=True but no checkpoint" in caplog.text
+    assert torch.equal(_weights(fresh.output_dir, 6)["0.weight"], a["0.weight"])
+
+
+def test_evaluation_before_training_is_done_once_and_kept_across_a_resume(tmp_path, toy):
+    first = train(_args(tmp_path, eval_before=True, stop_after=2))
+    assert first.metrics_before == {"metrics": {"score": 0.25}, "task": "toy"}
+    assert json.loads((first.output_dir / "eval_before.json").read_text()) == first.metrics_before
+    assert toy.calls["evaluate"] == [None]
+    (first.output_dir / "eval_before.json").write_text(json.dumps({"metrics": {"score": 0.5}}))
+    resumed = train(_args(tmp_path, eval_before=True, stop_after=2, resume=True))
+    assert toy.calls["evaluate"] == [None]  # read back, not evaluated again
+    assert resumed.metrics_before == {"metrics": {"score": 0.5}}
+    assert train(_args(tmp_path, "none", stop_after=1)).metrics_before is None and toy.calls["evaluate"] == [None]
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_a_non_finite_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path, toy, logged, monkeypatch):
+    monkeypatch.setattr(toy, "nan_at", 3)
+    monkeypatch.setattr(toy, "log_loss", logged)  # caught from the loss tensor too when the step logs no "loss"
+    with pytest.raises(FloatingPointError, match=r"^Loss became nan at iteration 3; lower the learning rate or check the data\. "
+                       r"Nothing was saved for it; the last good checkpoint is .*checkpoint-2\.$"):
+        train(_args(tmp_path, stop_after=6))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
+
+
+@pytest.mark.parametrize("where", ["load_data", "build_model"])
+def test_setup_errors_are_one_line_config_errors_and_write_nothing(tmp_path, toy, monkeypatch, where):
+    monkeypatch.setattr(toy, "fail_in", where)
+    monkeypatch.setattr(toy, "error", KeyError("no column 'sketch'\n   in   the data"))
+    with pytest.raises(ConfigError, match=r"^no column 'sketch' in the data$"):  # the message, not repr(KeyError)
+        train(_args(tmp_path))
+    for error in (OSError("folder /x is missing"), ValueError("bad layout")):
+        monkeypatch.setattr(toy, "error", error)
+        with pytest.raises(ConfigError, match=f"^{error}$"):
+            train(_args(tmp_path))
+    monkeypatch.setattr(toy, "error", ConfigError("already one line"))
+    with pytest.raises(ConfigError, match="^already one line$"):
+        train(_args(tmp_path))
+    monkeypatch.setattr(toy, "error", RuntimeError("a bug"))  # not a user error: raised as it is
+    with pytest.raises(RuntimeError, match="^a bug$"):
+        train(_args(tmp_path))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_holding_another_run_is_refused_with_what_differs(tmp_path, toy):
+    train(_args(tmp_path, stop_after=2))
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    # Bookkeeping settings (stop_after, progress, num_workers) do not make it another run.
+    with pytest.raises(ConfigError, match=r"run already holds this run, stopped at iteration 2 of 10\. Continue it with --resume true"):
+        train(_args(tmp_path, stop_after=3, progress=True, num_workers=1))
+    with pytest.raises(ConfigError, match=r"already holds another run \(learning_rate: 0\.05 -> 0\.1\)\. Pass a new --output_dir"):
+        train(_args(tmp_path, learning_rate=0.1))
+    with pytest.raises(ConfigError, match=r"\(batch_size: 4 -> 2, iterations: 10 -> 11, learning_rate: 0\.05 -> 0\.1, "
+                       r"seed: 0 -> 3, \.\.\.\)\. Pass"):
+        train(_args(tmp_path, learning_rate=0.1, seed=3, batch_size=2, iterations=11, warmup_iterations=1))
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before  # nothing was changed
+    (tmp_path / "run" / "train_config.json").unlink()
+    with pytest.raises(ConfigError, match="already holds a run whose settings were not recorded"):
+        train(_args(tmp_path))
+
+
+def test_a_run_trained_but_not_exported_is_recognised(tmp_path, toy):
+    args = _args(tmp_path, iterations=3, stop_after=None)
+    with pytest.raises(AttributeError):  # the toy model cannot be exported: the run dies after its last checkpoint
+        train(args)
+    assert toy.calls["evaluate"] == [None]
+    with pytest.raises(ConfigError, match="holds this run, trained but not exported"):
+        train(args)
