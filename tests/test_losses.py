@@ -230,3 +230,15 @@ def test_losses_stay_on_the_inputs_device():
     assert info_nce_loss(meta(3, 4), meta(3, 4), 0.1).device.type == "meta"
     assert anchored_semantic_loss(meta(3, 4), labels, meta(2, 4), meta(2, 2), 0.1, 0.1).device.type == "meta"
     assert anchored_sample_loss(meta(3, 4), meta(3, 4), labels, meta(2, 2), 0.1, 0.1).device.type == "meta"
+
+
+def test_the_losses_warn_about_nothing():
+    """A training run logs no warning per step: every softmax names its axis (torch warns about an implicit
+    one, and would pick another axis for inputs of other ranks)."""
+    import warnings
+
+    sketch, photo, adapted = _outputs()
+    sims = {"word": anchor_similarity(WORD_ANCHORS), "visual": anchor_similarity(VISUAL_ANCHORS)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sketch_an_anchor_loss(sketch, photo, torch.tensor(LABELS), adapted, sims, temperature=TAU, anchor_temperature=TAU_A)

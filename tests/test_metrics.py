@@ -365,3 +365,123 @@ def test_instance_metric_errors_name_the_argument():
         instance_metrics(scores, [0, 1, 2], chunk_size=0)
     with pytest.raises(ValueError, match=r"^`chunk_size` must be a positive integer, got 0$"):
         accuracy_at_k(scores, [0, 1, 2], 1, chunk_size=0)
+
+
+def test_every_option_error_is_one_line_naming_the_argument():
+    from hf_sbir.metrics import RetrievalProtocol
+
+    def fails(message, fn, *args, **kwargs):
+        with pytest.raises(ValueError) as err:
+            fn(*args, **kwargs)
+        assert str(err.value) == message
+
+    m = mean_average_precision
+    fails("`normalize` must be one of ['retrieved', 'min_k_relevant', 'total_relevant'], got 'k'", m, SCORES, QUERY, GALLERY, 3, normalize="k")
+    fails("`reduction` must be one of ['mean', 'none'], got 'sum'", m, SCORES, QUERY, GALLERY, reduction="sum")
+    fails("`average` must be one of ['query', 'class'], got 'item'", m, SCORES, QUERY, GALLERY, average="item")
+    fails("`no_relevant` must be one of ['zero', 'exclude'], got 'skip'", m, SCORES, QUERY, GALLERY, no_relevant="skip")
+    fails("`chunk_size` must be a positive integer, got 0", m, SCORES, QUERY, GALLERY, chunk_size=0)
+    fails("`k` must be a positive integer, got True", m, SCORES, QUERY, GALLERY, True)  # a bool is not a cut-off
+    fails("`k` must be a positive integer, got 2.0", m, SCORES, QUERY, GALLERY, 2.0)
+    p = precision_at_k
+    fails("`normalize` must be one of ['k', 'min_k_relevant', 'hits_at_min_k_relevant'], got 'retrieved'", p, SCORES, QUERY, GALLERY, 2, normalize="retrieved")
+    fails("`reduction` must be one of ['mean', 'none'], got 'sum'", p, SCORES, QUERY, GALLERY, 2, reduction="sum")
+    fails("`chunk_size` must be a positive integer, got 0", p, SCORES, QUERY, GALLERY, 2, chunk_size=0)
+    fails("`k` must be a positive integer, got -1", p, SCORES, QUERY, GALLERY, -1)
+    # A protocol of one's own is checked field by field.
+    fails("`average_precision` must be one of ['trec', 'voc', 'sklearn'], got 'x'", RetrievalProtocol, "mine", average_precision="x")
+    fails("`map_normalize` must be one of ['retrieved', 'min_k_relevant', 'total_relevant'], got 'x'", RetrievalProtocol, "mine", map_normalize="x")
+    fails("`precision_normalize` must be one of ['k', 'min_k_relevant', 'hits_at_min_k_relevant'], got 'x'", RetrievalProtocol, "mine", precision_normalize="x")
+    fails("`no_relevant` must be one of ['zero', 'exclude'], got 'x'", RetrievalProtocol, "mine", no_relevant="x")
+    fails("`average` must be one of ['query', 'class'], got 'x'", RetrievalProtocol, "mine", average="x")
+    fails("`precision_no_relevant` must be one of ['zero', 'exclude'], got 'x'", RetrievalProtocol, "mine", precision_no_relevant="x")
+    fails("`cut-off` must be a positive integer, got 0", RetrievalProtocol, "mine", map_ks=(200, 0))
+    fails("`cut-off` must be a positive integer, got 0", RetrievalProtocol, "mine", precision_ks=(0,))
+
+
+def test_average_and_reduction_options_of_the_single_metrics():
+    # Class 0: one query with AP 1 and P@1 1; class 1: two queries with AP 0.5 and P@1 0 (the relevant item is second).
+    scores = torch.tensor([[0.9, 0.1, 0.2], [0.1, 0.9, 0.5], [0.2, 0.8, 0.7]])
+    q, g = [0, 1, 1], [0, 2, 1]  # (class 2: an item no query looks for)
+    # query means: AP (1 + 0.5 + 0.5) / 3, P@1 1/3; class means: AP (1 + 0.5) / 2, P@1 (1 + 0) / 2
+    assert mean_average_precision(scores, q, g) == pytest.approx(2 / 3)
+    assert mean_average_precision(scores, q, g, average="class") == pytest.approx(0.75)
+    assert precision_at_k(scores, q, g, 1) == pytest.approx(1 / 3)
+    assert precision_at_k(scores, q, g, 1, average="class") == pytest.approx(0.5)
+    assert mean_average_precision(scores, q, g, reduction="none").tolist() == pytest.approx([1.0, 0.5, 0.5])
+    assert precision_at_k(scores, q, g, 1, reduction="none").tolist() == [1.0, 0.0, 0.0]
+    # The per-class protocols ("dsn") average over classes by default; average="query" overrides them.
+    assert mean_average_precision(scores, q, g, protocol="dsn", average="query") == pytest.approx(2 / 3)
+    assert mean_average_precision(scores, q, g, protocol="dsn") == pytest.approx(0.75)
+
+
+def test_evaluate_scripts_defaults_options_and_errors():
+    # The module scripts imported as Python modules (what evaluate.load does after copying them to its cache).
+    # Gallery [1, 0, 1, 0, 0, 1] for one query of class 1 (SCORES): AP = (1 + 2/3 + 3/6) / 3.
+    scripts = {n: importlib.import_module(f"hf_sbir.metrics.evaluate_modules.{n}.{n}") for n in METRIC_NAMES}
+    sbir_map = scripts["sbir_map"].SbirMap(keep_in_memory=True)
+    preds, refs, gallery = SCORES.tolist(), [1], GALLERY.tolist()
+    assert sbir_map.compute(predictions=preds, references=refs, gallery_labels=gallery) == {"map@all": pytest.approx(13 / 18)}
+    # mAP@3 of the default (textbook) protocol divides by the relevant items retrieved (2), "min_k_relevant" by min(3, R=3)
+    assert sbir_map.compute(predictions=preds, references=refs, gallery_labels=gallery, k=3) == {"map@3": pytest.approx((1 + 2 / 3) / 2)}
+    out = sbir_map.compute(predictions=preds, references=refs, gallery_labels=gallery, k=3, normalize="min_k_relevant")
+    assert out == {"map@3": pytest.approx((1 + 2 / 3) / 3)}
+    # no_relevant: a query of a class absent from the gallery counts 0, or is left out
+    two = [[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]] * 2
+    assert sbir_map.compute(predictions=two, references=[1, 7], gallery_labels=gallery) == {"map@all": pytest.approx(13 / 36)}
+    assert sbir_map.compute(predictions=two, references=[1, 7], gallery_labels=gallery, no_relevant="exclude") == {"map@all": pytest.approx(13 / 18)}
+    square = [[1.0, 0.2, 0.5], [0.2, 1.0, 0.1], [0.5, 0.1, 1.0]]  # test_exclude_self_removes_the_query_from_its_gallery
+    assert sbir_map.compute(predictions=square, references=[0, 0, 1], gallery_labels=[0, 0, 1], exclude_self=True) == {"map@all": pytest.approx(0.5)}
+    assert sbir_map.compute(predictions=preds, references=refs, gallery_labels=gallery, protocol="sem_pcyc")["map@all"] == pytest.approx(
+        mean_average_precision(SCORES, QUERY, GALLERY, protocol="sem_pcyc"))
+    with pytest.raises(ValueError, match=r"^sbir_map needs `gallery_labels=` \(the class of every gallery item\)$"):
+        sbir_map.compute(predictions=preds, references=refs)
+
+    precision = scripts["sbir_precision"].SbirPrecision(keep_in_memory=True)
+    assert precision.compute(predictions=preds, references=refs, gallery_labels=gallery) == {"p@100": pytest.approx(3 / 6)}  # k=100 clipped to G
+    assert precision.compute(predictions=preds, references=refs, gallery_labels=gallery, k=2) == {"p@2": 0.5}
+    assert precision.compute(predictions=preds, references=refs, gallery_labels=gallery, k=4, normalize="min_k_relevant") == {"p@4": pytest.approx(2 / 3)}
+    assert precision.compute(predictions=preds, references=refs, gallery_labels=gallery, k=4, protocol="doodle2search") == {"p@4": pytest.approx(2 / 3)}
+    assert precision.compute(predictions=two, references=[1, 7], gallery_labels=gallery, k=2, no_relevant="exclude") == {"p@2": 0.5}
+    assert precision.compute(predictions=square, references=[0, 0, 1], gallery_labels=[0, 0, 1], k=1, exclude_self=True) == {"p@1": pytest.approx(1 / 3)}
+    with pytest.raises(ValueError, match=r"^sbir_precision needs `gallery_labels=` \(the class of every gallery item\)$"):
+        precision.compute(predictions=preds, references=refs)
+
+    accuracy = scripts["sbir_accuracy_at_k"].SbirAccuracyAtK(keep_in_memory=True)
+    scores = [[0.9, 0.5, 0.5, 0.5], [0.1, 0.2, 0.3, 0.4], [0.3, 0.9, 0.8, 0.1], [0.2, 0.6, 0.7, 0.5]]  # ranks [2, 0, 2, 1]
+    assert accuracy.compute(predictions=scores, references=[2, 3, 0, 1]) == {"acc@1": 0.25, "acc@5": 1.0, "acc@10": 1.0}
+    assert accuracy.compute(predictions=scores, references=[2, 3, 0, 1], k=2) == {"acc@2": 0.5}
+    assert accuracy.compute(predictions=scores, references=[2, 3, 0, 1], k=[1, 2], exclude_self=True) == {"acc@1": 0.25, "acc@2": 1.0}
+    # The inputs they declare (what evaluate checks add_batch against).
+    for script, cls in ((sbir_map, "SbirMap"), (precision, "SbirPrecision"), (accuracy, "SbirAccuracyAtK")):
+        features = script._info().features
+        assert set(features) == {"predictions", "references"}, cls
+        assert features["references"].dtype == "int64" and features["predictions"].feature.dtype == "float32", cls
+
+
+def test_retrieval_metrics_options_label_kinds_and_no_queries():
+    # The one-query example: rel [1, 0, 1, 0, 0, 1], R = 3; hits@3 = 2, hits@4 = 2.
+    out = retrieval_metrics(SCORES, QUERY, GALLERY, map_ks=(3,), precision_ks=(4,))
+    assert (out["map@3"], out["p@4"]) == (pytest.approx((1 + 2 / 3) / 2), 0.5)  # textbook: / retrieved, / k
+    assert "per_class" in out  # on by default
+    out = retrieval_metrics(SCORES, QUERY, GALLERY, map_ks=(3,), precision_ks=(4,), map_normalize="min_k_relevant",
+                            precision_normalize="min_k_relevant", chunk_size=1)
+    assert (out["map@3"], out["p@4"]) == (pytest.approx((1 + 2 / 3) / 3), pytest.approx(2 / 3))  # / min(k, R)
+    assert out["protocol"] == "textbook (map_normalize=min_k_relevant, precision_normalize=min_k_relevant)"
+    square = torch.tensor([[1.0, 0.2, 0.5], [0.2, 1.0, 0.1], [0.5, 0.1, 1.0]])  # test_exclude_self_removes_the_query_from_its_gallery
+    out = retrieval_metrics(square, [0, 0, 1], [0, 0, 1], map_ks=(), precision_ks=(1,), exclude_self=True, per_class=False)
+    assert (out["map@all"], out["p@1"], out["num_gallery"]) == (pytest.approx(0.5), pytest.approx(1 / 3), 2)  # each query's gallery: the 2 others
+    assert "per_class" not in out
+    with pytest.raises(ValueError, match=r"^`chunk_size` must be a positive integer, got 0$"):
+        retrieval_metrics(SCORES, QUERY, GALLERY, chunk_size=0)
+    # Class names are reported sorted, with how many gallery items each has.
+    scores = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.9, 0.4]])
+    rows = retrieval_metrics(scores, ["zebra", "apple"], ["zebra", "apple", "zebra"])["per_class"]
+    assert [(r["label"], r["num_queries"], r["num_gallery_relevant"], r["map@all"]) for r in rows] == [
+        ("apple", 1, 1, 1.0), ("zebra", 1, 2, pytest.approx((1 + 2 / 3) / 2))]
+    # Labels that cannot be sorted together keep the order they are first seen in.
+    rows = retrieval_metrics(scores, [3, "a"], ["a", 3, 3])["per_class"]
+    assert [r["label"] for r in rows] == [3, "a"]
+    # No queries at all: nothing to average (NaN), not an error.
+    empty = retrieval_metrics(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), [0, 1, 0], per_class=False)
+    assert math.isnan(empty["map@all"]) and empty["num_queries"] == 0 and empty["num_gallery"] == 3

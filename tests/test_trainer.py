@@ -226,3 +226,31 @@ def test_a_run_trained_but_not_exported_is_recognised(tmp_path, toy):
     assert toy.calls["evaluate"] == [None]
     with pytest.raises(ConfigError, match="holds this run, trained but not exported"):
         train(args)
+
+
+def test_export_writes_the_folder_in_place_then_pushes_it(tmp_path, monkeypatch):
+    """export_model's own wiring: the folder (written by write_model_folder with the method's card info) lands at
+    <output_dir>/model, and push_to_hub uploads that folder to hub_model_id (a stand-in Hub client)."""
+    import huggingface_hub
+
+    from hf_sbir.training import trainer
+    from test_training_loop import _FakeHub
+
+    written = []
+
+    def write(folder, model, transform, args, result, card_info=None):
+        written.append((folder.name, model, transform, card_info))
+        (folder / "config.json").write_text("{}")
+
+    monkeypatch.setattr(trainer, "write_model_folder", write)
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeHub)
+    _FakeHub.calls, _FakeHub.fail_with = [], None
+    args = _args(tmp_path, push_to_hub=True, hub_model_id="me/toy")
+    result = trainer.TrainResult(output_dir=tmp_path / "run", model_dir=None, iterations_done=10, finished=True)
+    folder = trainer.export_model("MODEL", "TRANSFORM", args, result, card_info={"task_name": "toy"})
+    assert folder == tmp_path / "run" / "model" and (folder / "config.json").is_file()
+    assert written == [("model", "MODEL", "TRANSFORM", {"task_name": "toy"})]
+    assert _FakeHub.calls[-1] == ("upload_folder", {"folder_path": str(folder), "repo_id": "me/toy", "commit_message": "Upload hf-sbir model"})
+    _FakeHub.calls = []
+    trainer.export_model("MODEL", "TRANSFORM", _args(tmp_path), result)  # push_to_hub off: nothing uploaded
+    assert _FakeHub.calls == [] and written[-1][3] is None
