@@ -242,3 +242,11 @@ def test_the_losses_warn_about_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sketch_an_anchor_loss(sketch, photo, torch.tensor(LABELS), adapted, sims, temperature=TAU, anchor_temperature=TAU_A)
+
+
+def test_gather_false_gives_the_local_loss():
+    """In one process gathering changes nothing: gather=False (the local slice only) gives the same terms."""
+    sketch, photo, adapted = _outputs()
+    sims = {"word": anchor_similarity(WORD_ANCHORS), "visual": anchor_similarity(VISUAL_ANCHORS)}
+    args = (sketch, photo, torch.tensor(LABELS), adapted, sims, TAU, TAU_A)
+    assert sketch_an_anchor_loss(*args, gather=False).as_floats() == pytest.approx(sketch_an_anchor_loss(*args).as_floats(), rel=1e-12)

@@ -485,3 +485,32 @@ def test_retrieval_metrics_options_label_kinds_and_no_queries():
     # No queries at all: nothing to average (NaN), not an error.
     empty = retrieval_metrics(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), [0, 1, 0], per_class=False)
     assert math.isnan(empty["map@all"]) and empty["num_queries"] == 0 and empty["num_gallery"] == 3
+
+
+def test_protocol_overrides_are_named_and_keep_cut_offs_as_tuples():
+    from hf_sbir.metrics import get_protocol
+
+    sake = get_protocol("sake")
+    assert sake.with_overrides(average=None) is sake  # nothing changed
+    changed = sake.with_overrides(no_relevant="zero")
+    # An explicit no_relevant applies to P@k too (sake keeps precision_no_relevant="zero" of its own).
+    assert changed.name == "sake (no_relevant=zero)" and changed.precision_no_relevant is None
+    both = sake.with_overrides(no_relevant="zero", precision_no_relevant="exclude")
+    assert both.precision_no_relevant == "exclude" and both.name == "sake (no_relevant=zero, precision_no_relevant=exclude)"
+    cut = sake.with_overrides(map_ks=[10, 20], precision_ks=[5])
+    assert cut.name == "sake" and cut.map_ks == (10, 20) and cut.precision_ks == (5,)  # cut-offs are not in the name
+    assert cut.settings()["map_ks"] == [10, 20] and hash(cut)  # a frozen protocol stays hashable
+
+
+def test_score_matrix_errors_and_integer_scores():
+    with pytest.raises(ValueError, match=r"^`scores` has an empty gallery \(G = 0\)$"):
+        mean_average_precision(torch.zeros(1, 0), [0], [])
+    assert mean_average_precision(torch.tensor([[3, 2, 1]]), [1], [0, 1, 1]) == pytest.approx((1 / 2 + 2 / 3) / 2)  # ints
+    assert mean_average_precision(torch.tensor([[5.0]]), [1], [1]) == 1.0  # a gallery of one item is fine
+    assert precision_at_k(torch.tensor([[0.1, 0.9]]), [1], [1, 0], 1) == 0.0
+    with pytest.raises(ValueError, match=r"^exclude_self=True needs a gallery of at least 2 items$"):
+        mean_average_precision(torch.tensor([[1.0]]), [0], [0], exclude_self=True)
+    # two items: each query's gallery is the other one
+    assert mean_average_precision(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), [0, 0], [0, 0], exclude_self=True) == 1.0
+    with pytest.raises(ValueError, match=r"^got 2 query labels for 1 score rows$"):
+        mean_average_precision(SCORES, [1, 1], GALLERY)

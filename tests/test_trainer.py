@@ -8,6 +8,7 @@ import json
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -62,7 +63,9 @@ class _Toy(TrainingMethod):
         if step == self.nan_at:
             loss = loss * float("nan")
         self._record("loss", (step, loss.item()))
-        return loss, ({"loss": loss.item(), "rows": float(batch["x"].shape[0])} if self.log_loss else {"rows": 1.0})
+        # "rows" as a numpy float32, as a step computing its logs with numpy would give (not a JSON float).
+        rows = np.float32(batch["x"].shape[0])
+        return loss, ({"loss": loss.item(), "rows": rows} if self.log_loss else {"rows": rows})
 
     def after_optimizer_step(self, model, step):
         self._record("after_step", step)
@@ -129,6 +132,10 @@ def test_jsonl_logs_every_n_iterations_and_the_run_settings(tmp_path, toy):
     assert {"loss", "lr", "rows", "data_wait_s", "time"} <= set(lines[0])
     recorded = json.loads((result.output_dir / "logs" / "config.json").read_text())
     assert recorded["learning_rate"] == 0.05 and recorded["log_every"] == 2 and recorded["seed"] == 0
+    # A resumed run appends to the same log (and records its settings again).
+    train(_args(tmp_path, log_with="jsonl", log_every=2, stop_after=2, resume=True))
+    lines = [json.loads(line) for line in (result.output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4, 6]
     # log_with none: no logs folder at all
     quiet = train(_args(tmp_path, "quiet", log_with="none", stop_after=2))
     assert not (quiet.output_dir / "logs").exists()
@@ -254,3 +261,67 @@ def test_export_writes_the_folder_in_place_then_pushes_it(tmp_path, monkeypatch)
     _FakeHub.calls = []
     trainer.export_model("MODEL", "TRANSFORM", _args(tmp_path), result)  # push_to_hub off: nothing uploaded
     assert _FakeHub.calls == [] and written[-1][3] is None
+
+
+def test_logged_values_are_averaged_over_processes(monkeypatch):
+    """Under data parallelism each process logs its share's values; what is logged is their mean over
+    processes (a stand-in accelerator of 2 processes whose other process logged `other`)."""
+    from hf_sbir.training.trainer import _mean_over_processes
+
+    other = {"loss": 3.0, "acc": 0.0}
+
+    class TwoProcesses:
+        num_processes, device = 2, torch.device("cpu")
+
+        def reduce(self, values, reduction):
+            assert reduction == "mean" and values.dtype == torch.float64
+            return (values + torch.tensor([other[k] for k in sorted(other)], dtype=torch.float64)) / 2
+
+    assert _mean_over_processes(TwoProcesses(), {"loss": 1.0, "acc": np.float32(0.5)}) == {"acc": 0.25, "loss": 2.0}
+    assert _mean_over_processes(TwoProcesses(), {}) == {}
+
+    class OneProcess:
+        num_processes = 1
+
+    logs = {"loss": 1.5}
+    assert _mean_over_processes(OneProcess(), logs) is logs
+
+
+def test_model_folder_gets_the_methods_card_info(tmp_path, monkeypatch):
+    """write_model_folder saves the model, the inference transform and its image processor, then the card
+    with the method's `model_card_info()` (stand-ins for the model and transform: the real ones are
+    exported in test_training.py and test_methods_train_entry.py)."""
+    import hf_sbir.training.model_card as model_card
+    from hf_sbir.training import trainer
+
+    saved, cards = [], []
+
+    class Saves:
+        def __init__(self, name, file):
+            self.name, self.file = name, file
+
+        def save_pretrained(self, folder):
+            saved.append(self.name)
+            (folder / self.file).write_text("{}")
+
+    class Transform(Saves):
+        def for_inference(self):
+            return Transform("inference transform", "sbir_image_transform.json")
+
+        def to_image_processor(self):
+            return Saves("image processor", "preprocessor_config.json")
+
+    monkeypatch.setattr(model_card, "write_model_card", lambda folder, args, result, info=None: cards.append(info))
+    result = trainer.TrainResult(output_dir=tmp_path, model_dir=None, iterations_done=1, finished=True)
+    trainer.write_model_folder(tmp_path, Saves("model", "config.json"), Transform("training transform", "x.json"), None, result,
+                               card_info={"task_name": "toy"})
+    assert saved == ["model", "inference transform", "image processor"] and cards == [{"task_name": "toy"}]
+
+
+def test_load_data_is_the_zero_shot_split_of_the_settings(tmp_path):
+    from hf_sbir.training.method import load_zero_shot_data
+    from hf_sbir.training.trainer import load_data
+
+    args = _args(tmp_path, dataset="embedded", split="embedded")
+    data, expected = load_data(args), load_zero_shot_data(args)
+    assert type(data) is type(expected) and repr(data) == repr(expected)
