@@ -180,6 +180,19 @@ def test_contrastive_cross_entropy_matches_hand_computation():
     assert contrastive_cross_entropy(a, b, tau).item() == pytest.approx((row0 + row1 + col0 + col1) / 4, rel=1e-6)
 
 
+def test_contrastive_cross_entropy_uses_cosines_and_refuses_other_shapes():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    unit = lambda x: x / x.norm(dim=1, keepdim=True)  # noqa: E731
+    scale = torch.tensor([[0.5], [3.0], [1.0], [7.0], [0.2]])  # each row's length differs: only directions count
+    expected = contrastive_cross_entropy(unit(a), unit(b), 0.3)
+    torch.testing.assert_close(contrastive_cross_entropy(a * scale, b * scale.flip(0), 0.3), expected)
+    with pytest.raises(ValueError, match=r"^embeds_a and embeds_b must both be \(N, D\); got \(5, 3\) and \(4, 3\)\.$"):
+        contrastive_cross_entropy(a, b[:4], 0.3)
+    with pytest.raises(ValueError, match=r"^embeds_a and embeds_b must both be \(N, D\); got \(1, 5, 3\) and \(1, 5, 3\)\.$"):
+        contrastive_cross_entropy(a[None], b[None], 0.3)
+
+
 # -- save / load ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["vit", "resnet"])
 def test_save_load_round_trip(tmp_path, backbone):
