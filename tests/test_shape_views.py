@@ -191,6 +191,8 @@ def test_contrastive_cross_entropy_uses_cosines_and_refuses_other_shapes():
         contrastive_cross_entropy(a, b[:4], 0.3)
     with pytest.raises(ValueError, match=r"^embeds_a and embeds_b must both be \(N, D\); got \(1, 5, 3\) and \(1, 5, 3\)\.$"):
         contrastive_cross_entropy(a[None], b[None], 0.3)
+    # Computed where the inputs live (the "meta" device stands in for a GPU: it mixes with CPU tensors no better).
+    assert contrastive_cross_entropy(a.to("meta"), b.to("meta"), 0.3).device.type == "meta"
 
 
 # -- save / load ------------------------------------------------------------------------------------
