@@ -245,7 +245,7 @@ def test_export_writes_the_folder_in_place_then_pushes_it(tmp_path, monkeypatch)
 
     written = []
 
-    def write(folder, model, transform, args, result, card_info=None):
+    def write(folder, model, transform, args, result, card_info=None, adapter=None):
         written.append((folder.name, model, transform, card_info))
         (folder / "config.json").write_text("{}")
 
