@@ -123,6 +123,11 @@ def _reuse(result_file: Path, cfg, untrained: bool = False) -> dict | None:
         return None
     metrics = json.loads(result_file.read_text())
     saved, now = metrics.get("settings"), _settings(cfg, untrained)
+    if saved is not None:
+        # A setting added to TrainConfig after the run was made is absent from its file; at its default
+        # it cannot have changed the run (e.g. `peft_r` with `peft` off), so only a non-default counts.
+        defaults = _settings(type(cfg)(), untrained)
+        saved = {**{k: defaults[k] for k in now.keys() - saved.keys() if k in defaults}, **saved}
     if saved is not None and saved != now:
         keys = sorted(set(saved) | set(now))
         changed = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k))

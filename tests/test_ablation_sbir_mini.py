@@ -111,6 +111,22 @@ def test_a_finished_run_with_other_settings_is_refused_not_reported(tmp_path):
         ablation.main(["--seeds", "0", "--variants", "untrained", "--image_size", "224", "--output_dir", str(tmp_path)])
 
 
+def test_a_run_made_before_a_setting_existed_is_reused_only_at_that_settings_default(tmp_path):
+    # Runs written before TrainConfig grew `peft_r` lack it; with PEFT off it cannot have changed them.
+    ablation = _ablation_module()
+    argv = ["--seeds", "0", "--variants", "infonce", "--output_dir", str(tmp_path)]
+    _finish_runs_without_training(ablation, argv)
+    result_file = next(tmp_path.rglob("infonce/*.json"))
+    run = json.loads(result_file.read_text())
+    del run["settings"]["peft_r"]
+    result_file.write_text(json.dumps(run))
+    assert ablation.main(argv)["results"]["0"]["infonce"]["metrics"]["map@all"] == 0.25
+    run["settings"]["peft_r"] = 4  # recorded with another value: still refused
+    result_file.write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match=r"other settings \(peft_r: 4 -> 8\)"):
+        ablation.main(argv)
+
+
 def test_preprocessing_study_leaves_the_recorded_settings_alone(tmp_path, monkeypatch):
     ablation = _ablation_module()
     argv = ["--seeds", "0", "--variants", "untrained", "--study_preprocessing", "--output_dir", str(tmp_path)]
