@@ -86,8 +86,14 @@ def _plain_pointwise_convs(cnn: nn.Module) -> nn.Module:
                 and tuple(child.kernel_size) == (1, 1) and tuple(child.stride) == (1, 1)
                 and tuple(child.dilation) == (1, 1) and child.groups == 1
             ):
-                plain = nn.Conv2d(child.in_channels, child.out_channels, 1, bias=child.bias is not None)
-                plain.load_state_dict(child.state_dict())
+                # skip_init and the child's own parameters: no random initialisation to overwrite, so the
+                # global RNG stream is left as it was (drawing here shifted every later layer's seeded init
+                # and changed seeded results), and meta-device weights (from_pretrained) stay meta.
+                plain = torch.nn.utils.skip_init(
+                    nn.Conv2d, child.in_channels, child.out_channels, 1, bias=child.bias is not None, device="meta"
+                )
+                plain.weight = child.weight
+                plain.bias = child.bias
                 setattr(parent, name, plain)
     return cnn
 
