@@ -3,6 +3,7 @@ method on tiny generated data, and config errors. Tiny models only (ViT hidden 3
 
 import copy
 import json
+import math
 import zlib
 from types import SimpleNamespace
 
@@ -171,6 +172,78 @@ def test_distillation_is_zero_when_student_equals_teacher():
     losses = adapt_align_loss(torch.randn(2, 3), torch.tensor([0, 1]), features[:2], features[:2] + 1, 0.5, "mse")
     assert torch.allclose(losses.total, losses.align + 0.5 * losses.distill)
     assert set(losses.as_floats()) == {"loss", "loss_align", "loss_distill"}
+
+
+# A hand example where rows, columns and the two feature sets all differ (3 items x 2 features, so a distance
+# taken over the wrong axis gives another number).
+STUDENT = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+TEACHER = torch.tensor([[2.0, 0.0], [1.0, 0.0], [4.0, 3.0]])
+COSINE_KD = (0.0 + 1.0 + (1 - 24 / 25)) / 3  # per item 1 - cos: same direction, orthogonal, cos = 24/25
+MSE_KD = ((1 + 0) + (1 + 4) + (1 + 1)) / 6  # mean over the 3 x 2 squared differences
+LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 1.2], [-0.5, 2.5, 0.0]])
+LABELS = torch.tensor([0, 2, 1])
+
+
+def _cross_entropy_by_hand(logits, labels):
+    rows = logits.tolist()
+    return sum(math.log(sum(math.exp(v) for v in row)) - row[y] for row, y in zip(rows, labels.tolist())) / len(rows)
+
+
+def test_eq4_distillation_is_the_mean_per_item_distance_student_vs_teacher():
+    student = STUDENT.clone().requires_grad_()
+    teacher = TEACHER.clone().requires_grad_()
+    cosine = distillation_loss(student, teacher)  # cosine is the default (the config's default too)
+    assert cosine.item() == pytest.approx(COSINE_KD, rel=1e-6)
+    assert distillation_loss(STUDENT, TEACHER, "mse").item() == pytest.approx(MSE_KD, rel=1e-6)
+    cosine.backward()
+    assert student.grad.abs().sum() > 0 and teacher.grad is None  # the teacher is frozen: no gradient into it
+    # Mixed precision: a half-precision student against a float32 teacher gives a float32 loss.
+    assert distillation_loss(STUDENT.half(), TEACHER).dtype == torch.float32
+
+
+def test_distillation_errors_are_one_line_naming_what_differs():
+    with pytest.raises(ValueError) as error:
+        distillation_loss(torch.zeros(3, 2), torch.zeros(3, 4))
+    assert str(error.value) == "student (3, 2) and teacher (3, 4) features differ in shape."
+    with pytest.raises(ValueError) as error:
+        distillation_loss(STUDENT, TEACHER, "kl")
+    assert str(error.value) == "Unknown distillation loss 'kl'; use 'cosine' or 'mse'."
+
+
+def test_eq5_total_is_align_plus_lambda_kd_and_kd_is_left_out_when_off():
+    align = _cross_entropy_by_hand(LOGITS, LABELS)
+    # Defaults: lambda = 1 and the cosine distance (AdaptAlignConfig's documented defaults).
+    losses = adapt_align_loss(LOGITS, LABELS, STUDENT, TEACHER)
+    assert losses.align.item() == pytest.approx(align, rel=1e-6)
+    assert losses.distill.item() == pytest.approx(COSINE_KD, rel=1e-6)
+    assert losses.total.item() == pytest.approx(align + COSINE_KD, rel=1e-6)
+    losses = adapt_align_loss(LOGITS, LABELS, STUDENT, TEACHER, 0.5, "mse")
+    assert losses.distill.item() == pytest.approx(MSE_KD, rel=1e-6)
+    assert losses.total.item() == pytest.approx(align + 0.5 * MSE_KD, rel=1e-6)
+    # L_kd is left out (not added as 0) when lambda == 0 or either feature set is missing.
+    for student, teacher, weight in ((STUDENT, TEACHER, 0.0), (None, None, 1.0), (STUDENT, None, 1.0), (None, TEACHER, 1.0)):
+        losses = adapt_align_loss(LOGITS, LABELS, student, teacher, weight)
+        assert losses.distill is None
+        assert losses.align.item() == losses.total.item() == pytest.approx(align, rel=1e-6)
+        assert losses.as_floats() == {"loss": pytest.approx(align, rel=1e-6), "loss_align": pytest.approx(align, rel=1e-6)}
+
+
+def test_loss_module_reads_weight_and_kind_from_the_config_and_distils_the_chosen_rows():
+    from hf_sbir.models.adapt_align import AdaptAlignOutput
+
+    config = AdaptAlignConfig(backbone_config=tiny_vit_config(), distillation_weight=0.5, distillation_loss="mse")
+    features = torch.cat([torch.tensor([[9.0, -9.0]]), STUDENT])  # item 0 (a sketch, say) is not distilled
+    logits = torch.cat([torch.tensor([[0.0, 1.0, 2.0]]), LOGITS])
+    labels = torch.cat([torch.tensor([1]), LABELS])
+    output = AdaptAlignOutput(logits=logits, embeddings=F.normalize(features, dim=-1), image_features=features)
+    align = _cross_entropy_by_hand(logits, labels)
+    losses = AdaptAlignLoss(config)(output, labels, TEACHER, student_rows=slice(1, None))
+    assert losses.distill.item() == pytest.approx(MSE_KD, rel=1e-6)
+    assert losses.total.item() == pytest.approx(align + 0.5 * MSE_KD, rel=1e-6)
+    assert AdaptAlignLoss(config)(output, labels).as_floats() == {"loss": pytest.approx(align, rel=1e-6), "loss_align": pytest.approx(align, rel=1e-6)}
+    with pytest.raises(ValueError) as error:
+        AdaptAlignLoss(config)(AdaptAlignOutput(embeddings=output.embeddings, image_features=features), labels)
+    assert str(error.value) == "The Adapt and Align loss needs the alignment logits: call the model with text_embeds."
 
 
 # -- save / load ----------------------------------------------------------------------------------
