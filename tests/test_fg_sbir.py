@@ -21,7 +21,12 @@ from hf_sbir.data.fg_paired import (
 from hf_sbir.losses.fg_sbir import (
     contextual_distillation_loss,
     cross_modal_triplet_loss,
+    euclidean_distance,
     fg_sbir_loss,
+    nearest_neighbour_mask,
+    neighbour_log_distribution,
+    neighbour_mask,
+    pairwise_distances,
     photo_intra_modal_triplet_loss,
     sketch_intra_modal_triplet_loss,
 )
@@ -144,6 +149,161 @@ def test_distillation_term_zero_for_identical_distances_and_matches_hand_computa
     assert loss.item() > 0
     loss.backward()
     assert torch.isfinite(other.grad).all() and other.grad.abs().sum() > 0
+
+
+# An example where every term is active and differs from the others: 4 training pairs of 3-D embeddings, each
+# group drawn separately (seed 3), distances below 1 (as between L2-normalised embeddings). The expected values
+# come from a scalar implementation of eqs. 1-3 with the roles named.
+FG_GROUPS = ("sketch", "sketch_positive", "sketch_negative", "photo", "photo_augmented", "photo_negative")
+
+
+def _fg_example():
+    g = torch.Generator().manual_seed(3)
+    return {name: (torch.rand(4, 3, generator=g) * 0.6).double() for name in FG_GROUPS}
+
+
+def _triplet_by_hand(anchor, positive, negative, margin):
+    a, p, n = anchor.tolist(), positive.tolist(), negative.tolist()
+    return sum(max(0.0, margin + math.dist(a[i], p[i]) - math.dist(a[i], n[i])) for i in range(len(a))) / len(a)
+
+
+def _fg_terms_by_hand(x, m_cm, m_p, m_s):
+    return (
+        _triplet_by_hand(x["sketch"], x["photo"], x["photo_negative"], m_cm),  # eq. 1: sketch -> its photo vs another photo
+        _triplet_by_hand(x["photo"], x["photo_augmented"], x["photo_negative"], m_p),  # eq. 2: photo -> its augmented view
+        _triplet_by_hand(x["sketch"], x["sketch_positive"], x["sketch_negative"], m_s),  # eq. 3: sketch -> same photo's sketch
+    )
+
+
+def test_eq1_to_eq5_each_term_follows_its_equation_with_the_right_roles():
+    x = _fg_example()
+    args = [x[name] for name in FG_GROUPS]
+    cm, pi, si = _fg_terms_by_hand(x, 0.25, 0.3, 0.5)
+    assert min(cm, pi, si) > 0 and len({round(v, 6) for v in (cm, pi, si)}) == 3  # every term is seen
+    losses = fg_sbir_loss(*args, cross_modal_margin=0.25, photo_margin=0.3, sketch_margin=0.5, photo_intra_weight=0.4, sketch_intra_weight=2.0)
+    assert losses.cross_modal.item() == pytest.approx(cm, rel=1e-9)
+    assert losses.photo_intra.item() == pytest.approx(pi, rel=1e-9)
+    assert losses.sketch_intra.item() == pytest.approx(si, rel=1e-9)
+    assert losses.total.item() == pytest.approx(cm + 0.4 * pi + 2.0 * si, rel=1e-9)
+    assert losses.distillation is None and "loss_distillation" not in losses.as_floats()
+    # Defaults: margins 0.2, lambda1 = lambda2 = lambda_KD = 1 (FGSBIRConfig's documented defaults).
+    cm, pi, si = _fg_terms_by_hand(x, 0.2, 0.2, 0.2)
+    losses = fg_sbir_loss(*args, distillation=torch.tensor(0.25, dtype=torch.float64))
+    assert (losses.cross_modal.item(), losses.photo_intra.item(), losses.sketch_intra.item()) == pytest.approx((cm, pi, si), rel=1e-9)
+    assert losses.total.item() == pytest.approx(cm + pi + si + 0.25, rel=1e-9)
+    assert losses.as_floats() == pytest.approx(
+        {"loss": cm + pi + si + 0.25, "loss_cross_modal": cm, "loss_photo_intra": pi, "loss_sketch_intra": si, "loss_distillation": 0.25}, rel=1e-9
+    )
+
+
+def test_distances_are_exact_below_one_with_a_zero_diagonal_and_a_finite_gradient_at_zero():
+    a = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
+    b = torch.tensor([[0.3, 0.4], [1.0, 1.0], [2.0, 3.0]])
+    assert euclidean_distance(a, b).tolist() == pytest.approx([0.5, 1e-6, 3.0], rel=1e-6)  # d = 0 is clamped to 1e-6
+    x = torch.tensor([[0.0, 0.0], [0.3, 0.4], [3.0, 4.0]], requires_grad=True)
+    expected = [[0.0, 0.5, 5.0], [0.5, 0.0, math.dist([0.3, 0.4], [3.0, 4.0])], [5.0, math.dist([0.3, 0.4], [3.0, 4.0]), 0.0]]
+    distances = pairwise_distances(x)
+    assert distances.tolist() == [pytest.approx(row, rel=1e-6) for row in expected]
+    assert torch.equal(distances.diagonal(), torch.zeros(3))
+    distances.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    same = torch.ones(2, 2, requires_grad=True)
+    euclidean_distance(same, torch.ones(2, 2)).sum().backward()
+    assert torch.isfinite(same.grad).all()
+
+
+def test_neighbour_distributions_and_masks_on_a_hand_example():
+    # 4 points on a line at 0, 1, 3, 7: each row's nearest other points are unambiguous.
+    d = pairwise_distances(torch.tensor([[0.0], [1.0], [3.0], [7.0]]))
+    nearest = nearest_neighbour_mask(d, 2)
+    assert nearest.tolist() == [
+        [False, True, True, False],  # 0: 1 and 3
+        [True, False, True, False],  # 1: 0 and 3
+        [True, True, False, False],  # 3: 1 and 0
+        [False, True, True, False],  # 7: 3 and 1
+    ]
+    # k >= N - 1 neighbours: every other sample (never the sample itself).
+    for k in (None, 3, 4, 10):
+        mask = nearest_neighbour_mask(d, k)
+        assert mask is None or torch.equal(mask, ~torch.eye(4, dtype=torch.bool)), k
+    keep = torch.tensor([[True, True, False, True]] * 4)
+    mask = neighbour_mask(4, keep)
+    assert mask.tolist() == [[False, True, False, True], [True, False, False, True], [True, True, False, True], [True, True, False, False]]
+    log_p = neighbour_log_distribution(d, 2.0, mask)
+    for i in range(4):
+        neighbours = [j for j in range(4) if mask[i, j]]
+        z = sum(math.exp(-d[i, j].item() / 2.0) for j in neighbours)
+        for j in range(4):
+            expected = math.log(math.exp(-d[i, j].item() / 2.0) / z) if j in neighbours else 0.0  # outside the mask: 0
+            assert log_p[i, j].item() == pytest.approx(expected, abs=1e-6), (i, j)
+
+
+def test_distillation_matches_the_hand_computation_with_several_neighbours():
+    # 5 samples, so each row has up to 4 neighbours (with 2, P and its mirror image give the same KL).
+    teacher = [[0.0, 0.0], [1.0, 0.0], [0.0, 2.5], [3.0, 1.0], [1.5, 4.5]]
+    student = [[0.0, 0.5], [2.0, 0.0], [0.5, 1.0], [2.5, 2.0], [1.0, 3.0]]
+    for k in (None, 2, 3):
+        got = contextual_distillation_loss(torch.tensor(student), torch.tensor(teacher), 0.7, num_neighbours=k).item()
+        assert got == pytest.approx(_kd_by_hand(student, teacher, 0.7, k), rel=1e-5), k
+    # The loss is computed in the student's precision, whatever the teacher's.
+    assert contextual_distillation_loss(torch.tensor(student), torch.tensor(teacher, dtype=torch.float64), 0.7).dtype == torch.float32
+
+
+def test_distillation_of_fewer_than_two_samples_is_zero_and_errors_are_one_line():
+    one = torch.randn(1, 4, requires_grad=True)
+    loss = contextual_distillation_loss(one, torch.randn(1, 3), 0.1)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(one.grad, torch.zeros(1, 4))
+    with pytest.raises(ValueError) as error:
+        contextual_distillation_loss(torch.zeros(3, 5), torch.zeros(2, 4), 0.1)
+    assert str(error.value) == "student and teacher need the same samples; got 3 and 2 rows."
+
+
+def test_fg_losses_warn_about_nothing():
+    """No warning per training step: every softmax names its axis."""
+    import warnings
+
+    x = _fg_example()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kd = contextual_distillation_loss(x["sketch"], x["photo"], 0.1, num_neighbours=2)
+        fg_sbir_loss(*[x[name] for name in FG_GROUPS], distillation=kd).total.item()
+
+
+def test_loss_module_splits_the_groups_and_sums_the_three_distillation_terms():
+    from hf_sbir.losses.fg_sbir import FG_BATCH_GROUPS, FGSBIRLoss
+    from hf_sbir.models.fg_sbir.modeling_fg_sbir import FGSBIROutput
+
+    x = _fg_example()
+    g = torch.Generator().manual_seed(4)
+    x["unlabelled"] = torch.rand(5, 3, generator=g).double()  # a group of another size (k = 2 of its 4 others)
+    student = {name: torch.rand(len(x[name]), 3, generator=g).double() for name in FG_BATCH_GROUPS}
+    teacher = {"photo": torch.rand(4, 2, generator=g).double(), "unlabelled": torch.rand(5, 2, generator=g).double()}
+    config = tiny_fg_config(cross_modal_margin=0.25, photo_margin=0.3, sketch_margin=0.5, photo_intra_weight=0.4,
+                            sketch_intra_weight=2.0, distillation_weight=0.5, distillation_temperature=0.7, distillation_neighbours=2)
+    sizes = {name: len(x[name]) for name in FG_BATCH_GROUPS}
+    output = FGSBIROutput(embeddings=torch.cat([x[n] for n in FG_BATCH_GROUPS]),
+                          distillation_embeddings=torch.cat([student[n] for n in FG_BATCH_GROUPS]))
+    cm, pi, si = _fg_terms_by_hand(x, 0.25, 0.3, 0.5)
+
+    def kd(s, t):
+        return _kd_by_hand(student[s].tolist(), teacher[t].tolist(), 0.7, 2)
+
+    # L_KD = (i) unlabelled vs the teacher's unlabelled + (ii) photos and (iii) sketches vs the teacher's photos.
+    expected_kd = kd("unlabelled", "unlabelled") + kd("photo", "photo") + kd("sketch", "photo")
+    losses = FGSBIRLoss(config)(output, sizes, teacher)
+    assert (losses.cross_modal.item(), losses.photo_intra.item(), losses.sketch_intra.item()) == pytest.approx((cm, pi, si), rel=1e-9)
+    assert losses.distillation.item() == pytest.approx(expected_kd, rel=1e-6)
+    assert losses.total.item() == pytest.approx(cm + 0.4 * pi + 2.0 * si + 0.5 * expected_kd, rel=1e-6)
+    # Without unlabelled photos (the group is optional) and without a teacher.
+    del sizes["unlabelled"], teacher["unlabelled"]
+    output = FGSBIROutput(embeddings=torch.cat([x[n] for n in FG_GROUPS]), distillation_embeddings=torch.cat([student[n] for n in FG_GROUPS]))
+    assert FGSBIRLoss(config)(output, sizes, teacher).distillation.item() == pytest.approx(kd("photo", "photo") + kd("sketch", "photo"), rel=1e-6)
+    assert FGSBIRLoss(config)(output, sizes).distillation is None
+    with pytest.raises(ValueError) as error:
+        FGSBIRLoss(config)(FGSBIROutput(embeddings=output.embeddings), sizes, teacher)
+    assert str(error.value) == "Distillation needs a model with the distillation token."
 
 
 # -- EMA -----------------------------------------------------------------------------------------------
