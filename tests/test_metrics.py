@@ -514,3 +514,23 @@ def test_score_matrix_errors_and_integer_scores():
     assert mean_average_precision(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), [0, 0], [0, 0], exclude_self=True) == 1.0
     with pytest.raises(ValueError, match=r"^got 2 query labels for 1 score rows$"):
         mean_average_precision(SCORES, [1, 1], GALLERY)
+
+
+def test_labels_given_as_tensors_or_arrays_match_equal_values_on_the_other_side():
+    """A label is its value, whatever container holds it: integer query labels in a tensor against a gallery
+    whose labels are not all integers, and float labels in a tensor, still find their relevant items (the
+    elements of a tensor are 0-d tensors, which compare by identity as dictionary keys)."""
+    from hf_sbir.metrics.retrieval_metrics import encode_labels
+
+    scores = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.9, 0.4]])
+    expected = mean_average_precision(scores, [1, 2], [1, 2, "x"])  # lists: query 0 finds item 0, query 1 item 1
+    assert expected == 1.0
+    for query in (torch.tensor([1, 2]), np.array([1, 2])):
+        assert mean_average_precision(scores, query, [1, 2, "x"]) == expected, type(query)
+        q, g, names = encode_labels(query, [1, 2, "x"])
+        assert [names[i] for i in q] == [1, 2] and [names[i] for i in g] == [1, 2, "x"]
+    for query, gallery in ((torch.tensor([0.5, 1.5]), torch.tensor([0.5, 1.5, 2.5])), (np.array([0.5, 1.5]), [0.5, 1.5, 2.5])):
+        q, g, names = encode_labels(query, gallery)
+        assert q.tolist() == [0, 1] and g.tolist() == [0, 1, 2] and names == [0.5, 1.5, 2.5]
+        assert all(type(n) is float for n in names)  # plain Python values, as with lists
+        assert mean_average_precision(scores, query, gallery) == 1.0

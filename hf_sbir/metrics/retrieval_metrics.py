@@ -268,6 +268,14 @@ def _is_integer_tensor(x: Any) -> bool:
     return t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
 
 
+def _label_values(labels: Any) -> list:
+    """The labels as plain Python values. A tensor's (or array's) elements would otherwise be 0-d tensors, which
+    hash and compare by identity as dictionary keys, so equal labels would never match."""
+    if hasattr(labels, "tolist") and hasattr(labels, "reshape"):  # torch tensors, numpy arrays
+        return labels.reshape(-1).tolist()
+    return list(labels)
+
+
 def encode_labels(query_labels: Any, gallery_labels: Any) -> tuple[torch.Tensor, torch.Tensor, list | None]:
     """Return ``(query_ids, gallery_ids, names)``: int64 label tensors for both sides.
 
@@ -279,7 +287,7 @@ def encode_labels(query_labels: Any, gallery_labels: Any) -> tuple[torch.Tensor,
         q = torch.as_tensor(query_labels).long().reshape(-1)
         g = torch.as_tensor(gallery_labels).long().reshape(-1)
         return q, g, None
-    q_list, g_list = list(query_labels), list(gallery_labels)
+    q_list, g_list = _label_values(query_labels), _label_values(gallery_labels)
     seen = dict.fromkeys(q_list + g_list)
     try:
         names = sorted(seen)
