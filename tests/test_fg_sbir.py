@@ -271,6 +271,16 @@ def test_fg_losses_warn_about_nothing():
         fg_sbir_loss(*[x[name] for name in FG_GROUPS], distillation=kd).total.item()
 
 
+def test_losses_stay_on_the_device_of_their_inputs():
+    """Every mask is built on the inputs' device. The meta device stands in for a GPU (none in CI): like CUDA, it
+    refuses to combine with a CPU tensor, so a mask made on the CPU would fail here as it would in training."""
+    x = {name: t.float().to("meta") for name, t in _fg_example().items()}
+    assert pairwise_distances(x["photo"]).device.type == "meta"
+    for k in (None, 2):
+        kd = contextual_distillation_loss(x["sketch"], x["photo"], 0.1, num_neighbours=k)
+        assert kd.device.type == "meta" and kd.shape == ()
+    assert fg_sbir_loss(*[x[name] for name in FG_GROUPS], distillation=kd).total.device.type == "meta"
+
 def test_loss_module_splits_the_groups_and_sums_the_three_distillation_terms():
     from hf_sbir.losses.fg_sbir import FG_BATCH_GROUPS, FGSBIRLoss
     from hf_sbir.models.fg_sbir.modeling_fg_sbir import FGSBIROutput
