@@ -241,6 +241,8 @@ def test_loss_module_reads_weight_and_kind_from_the_config_and_distils_the_chose
     assert losses.distill.item() == pytest.approx(MSE_KD, rel=1e-6)
     assert losses.total.item() == pytest.approx(align + 0.5 * MSE_KD, rel=1e-6)
     assert AdaptAlignLoss(config)(output, labels).as_floats() == {"loss": pytest.approx(align, rel=1e-6), "loss_align": pytest.approx(align, rel=1e-6)}
+    # Without a teacher only the logits are read (e.g. logits computed elsewhere, no backbone features).
+    assert AdaptAlignLoss(config)(AdaptAlignOutput(logits=logits), labels).total.item() == pytest.approx(align, rel=1e-6)
     with pytest.raises(ValueError) as error:
         AdaptAlignLoss(config)(AdaptAlignOutput(embeddings=output.embeddings, image_features=features), labels)
     assert str(error.value) == "The Adapt and Align loss needs the alignment logits: call the model with text_embeds."
