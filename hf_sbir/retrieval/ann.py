@@ -52,9 +52,11 @@ class AnnConfig:
             the default (and what ``backend="auto"`` builds) because it keeps recall without scanning
             much of the gallery: on the hard 1M benchmark set IVF-Flat needs 10 % of its cells for
             recall@10 0.954, while HNSW held 0.991 at 100k in under a millisecond (BENCHMARKS.md); it
-            builds slowest (a one-off the CLI and the Space cache). At 1M the default graph is not
-            measured yet; a cheaper one (m=16, ef_construction=20) fell to recall 0.12 there, so do
-            not lower ``m`` / ``ef_construction`` to save build time without checking `recall_at_k`.
+            builds slowest (a one-off the CLI and the Space cache). At 1M rows in 10,000 random,
+            equidistant clusters (the benchmark's worst case) the default graph reaches only 0.56-0.72 at
+            the default ``ef_search`` and a cheaper one (m=16, ef_construction=20) 0.12, so check
+            `recall_at_k` on your own embeddings before relying on a large gallery, and raise
+            ``ef_search`` / ``ef_construction`` rather than lowering them.
         nlist: IVF cells. Default ``2 * sqrt(N)`` (the low end of faiss' 1-16 x sqrt(N) advice: k-means
             training costs ~nlist^2 and took minutes at 1M rows on the 2 shared cores here), at least 1
             and at most N / 39 so that k-means has 39 training points per cell.
