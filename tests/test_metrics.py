@@ -534,3 +534,141 @@ def test_labels_given_as_tensors_or_arrays_match_equal_values_on_the_other_side(
         assert q.tolist() == [0, 1] and g.tolist() == [0, 1, 2] and names == [0.5, 1.5, 2.5]
         assert all(type(n) is float for n in names)  # plain Python values, as with lists
         assert mean_average_precision(scores, query, gallery) == 1.0
+
+
+# ------------------------------------------------------------------------------ found by mutation testing
+def test_float64_and_half_scores_break_ties_by_gallery_index_like_float32():
+    # Only float32 on CPU takes the numpy key sort; float64 (and, off the CPU, everything) goes through
+    # torch.sort, which must be the stable one: torch's default CPU sort reorders ties in rows of more
+    # than 16 items. Half-precision scores are ranked as their (exact) float32 values.
+    gen = torch.Generator().manual_seed(2)
+    scores32 = torch.randint(0, 3, (5, 40), generator=gen).float()  # rows of 40 items in 3 tie groups
+    q = torch.randint(0, 3, (5,), generator=gen)
+    g = torch.randint(0, 3, (40,), generator=gen)
+    rm = importlib.import_module("hf_sbir.metrics.retrieval_metrics")
+    expected = torch.sort(scores32, dim=1, descending=True, stable=True).indices
+    assert torch.equal(rm.ranking_order(scores32.double()), expected)
+    reference = retrieval_metrics(scores32, q, g, map_ks=(10,), precision_ks=(5,), protocol="sem_pcyc")
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        assert retrieval_metrics(scores32.to(dtype), q, g, map_ks=(10,), precision_ks=(5,), protocol="sem_pcyc") == reference, dtype
+    target = expected[:, 20]  # a target inside a tie group: it loses to the equal items at lower indices
+    assert target_ranks(scores32.double(), target).tolist() == [20] * 5
+
+
+def test_ranking_off_the_cpu_uses_torch_sort():
+    # The numpy key sort only runs on CPU; scores on an accelerator are ranked there ("meta" stands in for one).
+    rm = importlib.import_module("hf_sbir.metrics.retrieval_metrics")
+    order = rm.ranking_order(torch.zeros(2, 3, device="meta"))
+    assert order.device.type == "meta" and order.shape == (2, 3) and order.dtype == torch.long
+
+
+def test_per_query_values_and_means_are_float64_exact():
+    # Results are float64: a precision of 2/3 must not pass through float32 (0.6666667, 2e-8 off), neither in
+    # the per-query values nor in the class means.
+    exact = dict(rel=0, abs=1e-15)
+    assert mean_average_precision(SCORES, QUERY, GALLERY, reduction="none").tolist() == pytest.approx([13 / 18], **exact)
+    assert mean_average_precision(SCORES, QUERY, GALLERY, k=3, reduction="none").tolist() == pytest.approx([(1 + 2 / 3) / 2], **exact)
+    assert precision_at_k(SCORES, QUERY, GALLERY, 3, reduction="none").tolist() == pytest.approx([2 / 3], **exact)
+    assert precision_at_k(SCORES, QUERY, GALLERY, 3, reduction="none").dtype == torch.float64
+    assert mean_average_precision(SCORES, QUERY, GALLERY, average="class") == pytest.approx(13 / 18, **exact)
+    assert precision_at_k(SCORES, QUERY, GALLERY, 3, average="class") == pytest.approx(2 / 3, **exact)
+    out = retrieval_metrics(SCORES, QUERY, GALLERY, map_ks=(3,), precision_ks=(3,), protocol="sake")
+    assert out["map@3"] == pytest.approx((1 + 2 / 3) / 3, **exact) and out["p@3"] == pytest.approx(2 / 3, **exact)
+
+
+def test_zse_sbir_precision_of_queries_with_a_single_relevant_item():
+    # hits@min(k, R) / min(k, R) with R = 1 looks at the first item only: 1 when it is the relevant one, else 0
+    # (the relevant item second counts nothing, though it is inside the top k).
+    scores = torch.tensor([[0.9, 0.5, 0.1], [0.5, 0.9, 0.1]])
+    for chunk in (None, 1):
+        values = precision_at_k(scores, [1, 1], [1, 0, 0], 2, protocol="zse_sbir", reduction="none", chunk_size=chunk)
+        assert values.tolist() == [1.0, 0.0]
+    assert precision_at_k(scores, [1, 1], [1, 0, 0], 2, normalize="min_k_relevant", reduction="none").tolist() == [1.0, 1.0]
+
+
+def test_exclude_self_in_chunks_equals_one_pass():
+    gen = torch.Generator().manual_seed(5)
+    emb = torch.randn(7, 4, generator=gen)
+    scores = emb @ emb.T
+    labels = [0, 1, 0, 1, 2, 2, 0]
+    for protocol in ("textbook", "sem_pcyc"):
+        whole = retrieval_metrics(scores, labels, labels, map_ks=(3,), precision_ks=(2,), protocol=protocol, exclude_self=True)
+        for chunk in (1, 3):
+            chunked = retrieval_metrics(scores, labels, labels, map_ks=(3,), precision_ks=(2,), protocol=protocol,
+                                        exclude_self=True, chunk_size=chunk)
+            assert chunked == whole, (protocol, chunk)
+        assert whole["num_gallery"] == 6
+
+
+def test_chunk_statistics_report_the_effective_gallery_size_and_check_the_ap_kind():
+    rm = importlib.import_module("hf_sbir.metrics.retrieval_metrics")
+    scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.4], [0.3, 0.6, 0.7]])
+    q, g = torch.tensor([0, 1, 0]), torch.tensor([0, 1, 0])
+    assert int(rm.chunk_ranking_stats(scores, q, g, [2])["gallery_size"]) == 3
+    stats = rm.chunk_ranking_stats(scores, q, g, [2], exclude_index=torch.arange(3))
+    assert int(stats["gallery_size"]) == 2 and stats["num_relevant"].tolist() == [1, 0, 1]
+    with pytest.raises(ValueError) as err:
+        rm.chunk_ranking_stats(scores, q, g, [2], ap_kinds=("interpolated",))
+    assert str(err.value) == "`average_precision` must be one of ['trec', 'voc', 'sklearn'], got 'interpolated'"
+
+
+def test_error_messages_are_exact_one_liners():
+    def message(fn, *args, **kwargs):
+        with pytest.raises(ValueError) as err:
+            fn(*args, **kwargs)
+        return str(err.value)
+
+    assert message(mean_average_precision, torch.tensor([[float("nan"), 1.0]]), [0], [0, 1]) == (
+        "`scores` contains NaN; rankings are undefined (replace NaN with -inf to rank last)")
+    assert message(accuracy_at_k, torch.tensor([[float("nan"), 1.0]]), [0], 1) == (
+        "`scores` contains NaN; rankings are undefined (replace NaN with -inf to rank last)")
+    assert message(retrieval_metrics, SCORES, QUERY, GALLERY, map_ks=(200, 0)) == "`map_ks` must be a positive integer, got 0"
+    assert message(retrieval_metrics, SCORES, QUERY, GALLERY, precision_ks=(1.5,)) == "`precision_ks` must be a positive integer, got 1.5"
+    scores = torch.rand(3, 3)
+    assert message(accuracy_at_k, scores, [0, 2, 1], 1, exclude_self=True) == "a query's target is its own excluded (self) item"
+
+
+def test_instance_metrics_of_no_queries_are_nan():
+    # Nothing to average (NaN), as for the label metrics; not an error and not a made-up rank.
+    out = instance_metrics(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), ks=(1, 2))
+    assert list(out) == ["acc@1", "acc@2"] and all(math.isnan(v) for v in out.values())
+    assert math.isnan(accuracy_at_k(torch.zeros(0, 3), [], 1))
+    assert target_ranks(torch.zeros(0, 3), []).tolist() == []
+
+
+def test_protocol_settings_are_the_fields_as_json():
+    from hf_sbir.metrics import get_protocol
+
+    textbook = get_protocol("textbook")
+    assert textbook.settings() == {
+        "name": "textbook", "average_precision": "trec", "map_normalize": "retrieved", "precision_normalize": "k",
+        "no_relevant": "zero", "average": "query", "precision_no_relevant": None, "map_ks": [200],
+        "precision_ks": [100, 200], "reference": textbook.reference,
+    }
+
+
+def test_load_metric_passes_its_options_to_evaluate(offline):
+    metric = load_metric("sbir_map", keep_in_memory=True, experiment_id="run-7")
+    assert metric.experiment_id == "run-7" and metric.keep_in_memory
+
+
+def test_evaluate_scripts_describe_themselves_and_pass_the_protocol():
+    # What a user reads on the loaded module (metric.description, .citation, .reference_urls,
+    # .inputs_description): the protocols and the tie rule are stated, and the inputs documented.
+    scripts = {n: importlib.import_module(f"hf_sbir.metrics.evaluate_modules.{n}.{n}") for n in METRIC_NAMES}
+    sbir_map = scripts["sbir_map"].SbirMap(keep_in_memory=True)
+    precision = scripts["sbir_precision"].SbirPrecision(keep_in_memory=True)
+    accuracy = scripts["sbir_accuracy_at_k"].SbirAccuracyAtK(keep_in_memory=True)
+    for metric in (sbir_map, precision):
+        assert "protocol=" in metric.description and "zse_sbir" in metric.description and "ties" in metric.description.lower()
+        assert "Semantically Tied Paired Cycle Consistency" in metric.citation
+        assert metric.reference_urls == ["https://github.com/AnjanDutta/sem-pcyc"]
+        assert "gallery_labels" in metric.inputs_description and "protocol" in metric.inputs_description
+    assert "gallery index" in accuracy.description and "Sketch Me That Shoe" in accuracy.citation
+    assert accuracy.reference_urls == ["https://github.com/seuliufeng/DeepSBIR"]
+    assert "exclude_self" in accuracy.inputs_description
+    # protocol= reaches the computation: on tied scores SAKE's interpolated AP differs from the textbook one.
+    tied = [[0.9, 0.8, 0.8, 0.7, 0.6, 0.5]]
+    sake = sbir_map.compute(predictions=tied, references=[0], gallery_labels=[1, 0, 1, 0, 0, 1], protocol="sake")
+    assert sake == {"map@all": pytest.approx(0.6)}
+    assert sbir_map.compute(predictions=tied, references=[0], gallery_labels=[1, 0, 1, 0, 0, 1]) == {"map@all": pytest.approx(1.6 / 3)}
