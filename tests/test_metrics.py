@@ -672,3 +672,19 @@ def test_evaluate_scripts_describe_themselves_and_pass_the_protocol():
     sake = sbir_map.compute(predictions=tied, references=[0], gallery_labels=[1, 0, 1, 0, 0, 1], protocol="sake")
     assert sake == {"map@all": pytest.approx(0.6)}
     assert sbir_map.compute(predictions=tied, references=[0], gallery_labels=[1, 0, 1, 0, 0, 1]) == {"map@all": pytest.approx(1.6 / 3)}
+
+
+def test_integer_labels_are_used_as_they_are_and_containers_without_reshape_are_read_as_sequences():
+    from hf_sbir.metrics.retrieval_metrics import encode_labels
+
+    # Integer labels keep their values (no joint re-numbering, no names) on either container.
+    for query, gallery in ((torch.tensor([5, 3]), [3, 7, 5]), ([5, 3], np.array([3, 7, 5])), (np.array([5, 3]), torch.tensor([3, 7, 5]))):
+        q, g, names = encode_labels(query, gallery)
+        assert (q.tolist(), g.tolist(), names) == ([5, 3], [3, 7, 5], None)
+        assert q.dtype == g.dtype == torch.long
+    # A pandas column of class names (it has .tolist() but no .reshape()) is a sequence of labels.
+    pd = pytest.importorskip("pandas")
+    q, g, names = encode_labels(pd.Series(["dog", "cat"]), pd.Series(["cat", "dog", "cat"]))
+    assert (q.tolist(), g.tolist(), names) == ([1, 0], [0, 1, 0], ["cat", "dog"])
+    scores = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.9, 0.4]])  # cat: rel [1, 0, 1] -> (1 + 2/3) / 2; dog: rel [1, 0, 0] -> 1
+    assert mean_average_precision(scores, pd.Series(["cat", "dog"]), pd.Series(["cat", "dog", "cat"])) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
