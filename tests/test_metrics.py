@@ -633,7 +633,8 @@ def test_instance_metrics_of_no_queries_are_nan():
     out = instance_metrics(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), ks=(1, 2))
     assert list(out) == ["acc@1", "acc@2"] and all(math.isnan(v) for v in out.values())
     assert math.isnan(accuracy_at_k(torch.zeros(0, 3), [], 1))
-    assert target_ranks(torch.zeros(0, 3), []).tolist() == []
+    ranks = target_ranks(torch.zeros(0, 3), [])
+    assert ranks.tolist() == [] and ranks.dtype == torch.long  # ranks are int64, as for any number of queries
 
 
 def test_protocol_settings_are_the_fields_as_json():
@@ -688,3 +689,30 @@ def test_integer_labels_are_used_as_they_are_and_containers_without_reshape_are_
     assert (q.tolist(), g.tolist(), names) == ([1, 0], [0, 1, 0], ["cat", "dog"])
     scores = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.9, 0.4]])  # cat: rel [1, 0, 1] -> (1 + 2/3) / 2; dog: rel [1, 0, 0] -> 1
     assert mean_average_precision(scores, pd.Series(["cat", "dog"]), pd.Series(["cat", "dog", "cat"])) == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+
+
+def test_evaluate_modules_refuse_gallery_labels_that_are_not_class_ids():
+    # references are int64 features, so gallery labels must be class ids too: a fractional label was truncated
+    # (1.5 -> class 1: a wrong score, silently) and class names failed with numpy's "invalid literal for int()".
+    from hf_sbir.metrics.retrieval_metrics import integer_class_ids
+
+    scripts = {n: importlib.import_module(f"hf_sbir.metrics.evaluate_modules.{n}.{n}") for n in ("sbir_map", "sbir_precision")}
+    metrics = {"sbir_map": scripts["sbir_map"].SbirMap(keep_in_memory=True), "sbir_precision": scripts["sbir_precision"].SbirPrecision(keep_in_memory=True)}
+    preds = SCORES.tolist()  # one query of class 1, gallery [1, 0, 1, 0, 0, 1]
+    for name, metric in metrics.items():
+        for gallery, bad in ((["dog", "cat", "dog", "cat", "cat", "dog"], "'dog'"), ([1, 0, 1.5, 0, 0, 1], "1.5")):
+            with pytest.raises(ValueError) as err:
+                metric.compute(predictions=preds, references=[1], gallery_labels=gallery)
+            assert str(err.value) == f"{name} needs integer class ids in `gallery_labels=`, like `references` (map class names to ids first); got {bad}"
+        # Whole-number floats (a float tensor of ids) are ids.
+        value = metric.compute(predictions=preds, references=[1], gallery_labels=[1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+        assert list(value.values()) == [pytest.approx(13 / 18 if name == "sbir_map" else 0.5)]
+    ok = {"ints": [3, 0], "bools": np.array([True, False]), "floats": torch.tensor([3.0, 0.0]), "uint8": np.array([3, 0], dtype=np.uint8)}
+    for kind, labels in ok.items():
+        ids = integer_class_ids(labels, "m", "g")
+        assert ids.dtype == np.int64 and ids.tolist() == ([1, 0] if kind == "bools" else [3, 0]), kind
+    assert integer_class_ids([], "m", "g").tolist() == []
+    for labels, bad in (([None, 1], "None"), ([1.0, float("inf")], "inf"), ([2.0, float("nan")], "nan"), ([1.0, 2.5, 3.5], "2.5")):
+        with pytest.raises(ValueError) as err:
+            integer_class_ids(labels, "m", "g")
+        assert str(err.value) == f"m needs integer class ids in `g=`, like `references` (map class names to ids first); got {bad}"

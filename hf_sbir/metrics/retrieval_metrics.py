@@ -299,6 +299,29 @@ def encode_labels(query_labels: Any, gallery_labels: Any) -> tuple[torch.Tensor,
     return q, g, names
 
 
+def integer_class_ids(labels: Any, metric: str, name: str):
+    """``labels`` as an int64 numpy array of class ids, for the `evaluate` modules.
+
+    WHY: their ``references`` are int64 features, so class ids are the only labels that can match them;
+    a plain ``int64`` cast would truncate ``1.5`` to class 1 (a wrong score, silently) and fail on class
+    names with numpy's message, which names neither the argument nor the fix. Whole-number floats (a
+    float tensor of ids) are accepted.
+    """
+    import numpy as np
+
+    values = np.asarray(labels)
+    if values.dtype.kind in "iub":
+        return values.astype(np.int64)
+    if values.dtype.kind == "f":
+        whole = np.isfinite(values) & (values == np.round(values))
+        if whole.all():
+            return values.astype(np.int64)
+        bad = values[~whole].reshape(-1)[:1].tolist()[0]
+    else:
+        bad = values.reshape(-1)[:1].tolist()[0]
+    raise ValueError(f"{metric} needs integer class ids in `{name}=`, like `references` (map class names to ids first); got {bad!r}")
+
+
 def exclude_indices(exclude_self: bool, num_queries: int, num_gallery: int) -> torch.Tensor | None:
     """``arange(Q)`` (query i drops gallery item i) when ``exclude_self``, else None; validates sizes."""
     if not exclude_self:

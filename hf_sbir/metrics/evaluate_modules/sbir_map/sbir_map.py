@@ -8,7 +8,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from hf_sbir.metrics.retrieval_metrics import mean_average_precision
+from hf_sbir.metrics.retrieval_metrics import integer_class_ids, mean_average_precision
 
 _CITATION = """\
 @inproceedings{dutta2019sempcyc,
@@ -86,7 +86,7 @@ class SbirMap(evaluate.Metric):
         value = mean_average_precision(
             scores,
             np.asarray(references, dtype=np.int64),
-            np.asarray(gallery_labels, dtype=np.int64),
+            integer_class_ids(gallery_labels, "sbir_map", "gallery_labels"),
             k=k,
             protocol=protocol,
             normalize=normalize,

@@ -8,7 +8,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from hf_sbir.metrics.retrieval_metrics import precision_at_k
+from hf_sbir.metrics.retrieval_metrics import integer_class_ids, precision_at_k
 
 _CITATION = """\
 @inproceedings{dutta2019sempcyc,
@@ -83,7 +83,7 @@ class SbirPrecision(evaluate.Metric):
         value = precision_at_k(
             scores,
             np.asarray(references, dtype=np.int64),
-            np.asarray(gallery_labels, dtype=np.int64),
+            integer_class_ids(gallery_labels, "sbir_precision", "gallery_labels"),
             k=k,
             protocol=protocol,
             normalize=normalize,
