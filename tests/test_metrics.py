@@ -711,8 +711,10 @@ def test_evaluate_modules_refuse_gallery_labels_that_are_not_class_ids():
     for kind, labels in ok.items():
         ids = integer_class_ids(labels, "m", "g")
         assert ids.dtype == np.int64 and ids.tolist() == ([1, 0] if kind == "bools" else [3, 0]), kind
-    assert integer_class_ids([], "m", "g").tolist() == []
-    for labels, bad in (([None, 1], "None"), ([1.0, float("inf")], "inf"), ([2.0, float("nan")], "nan"), ([1.0, 2.5, 3.5], "2.5")):
+    for empty in ([], np.array([], dtype=str)):
+        assert integer_class_ids(empty, "m", "g").tolist() == [] and integer_class_ids(empty, "m", "g").dtype == np.int64
+    assert integer_class_ids(np.array([2, 0], dtype=object), "m", "g").tolist() == [2, 0]
+    for labels, bad in (([None, 1], "None"), ([1, None, "x"], "None"), (["a", 1], "'a'"), ([1.0, float("inf")], "inf"), ([2.0, float("nan")], "nan"), ([1.0, 2.5, 3.5], "2.5")):
         with pytest.raises(ValueError) as err:
             integer_class_ids(labels, "m", "g")
         assert str(err.value) == f"m needs integer class ids in `g=`, like `references` (map class names to ids first); got {bad}"

@@ -310,16 +310,15 @@ def integer_class_ids(labels: Any, metric: str, name: str):
     import numpy as np
 
     values = np.asarray(labels)
-    if values.dtype.kind in "iub":
+    if values.dtype.kind in ("i", "u", "b"):
         return values.astype(np.int64)
     if values.dtype.kind == "f":
-        whole = np.isfinite(values) & (values == np.round(values))
-        if whole.all():
-            return values.astype(np.int64)
-        bad = values[~whole].reshape(-1)[:1].tolist()[0]
-    else:
-        bad = values.reshape(-1)[:1].tolist()[0]
-    raise ValueError(f"{metric} needs integer class ids in `{name}=`, like `references` (map class names to ids first); got {bad!r}")
+        bad = values[~(np.isfinite(values) & (values == np.round(values)))].tolist()
+    else:  # class names, or ids mixed with something else (an object array)
+        bad = [v for v in values.ravel().tolist() if not isinstance(v, int)]
+    if bad:
+        raise ValueError(f"{metric} needs integer class ids in `{name}=`, like `references` (map class names to ids first); got {bad[0]!r}")
+    return values.astype(np.int64)
 
 
 def exclude_indices(exclude_self: bool, num_queries: int, num_gallery: int) -> torch.Tensor | None:
