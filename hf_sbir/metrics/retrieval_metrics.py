@@ -310,11 +310,9 @@ def integer_class_ids(labels: Any, metric: str, name: str):
     import numpy as np
 
     values = np.asarray(labels)
-    if values.dtype.kind in ("i", "u", "b"):
-        return values.astype(np.int64)
     if values.dtype.kind == "f":
         bad = values[~(np.isfinite(values) & (values == np.round(values)))].tolist()
-    else:  # class names, or ids mixed with something else (an object array)
+    else:  # ints and bools pass; class names, or ids mixed with something else (an object array), do not
         bad = [v for v in values.ravel().tolist() if not isinstance(v, int)]
     if bad:
         raise ValueError(f"{metric} needs integer class ids in `{name}=`, like `references` (map class names to ids first); got {bad[0]!r}")
