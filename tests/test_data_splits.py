@@ -1,6 +1,7 @@
 """Shipped zero-shot splits, the leak check and the training-set guard."""
 
 import random
+import warnings
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,127 @@ def test_guard_training_set():
     strings = Dataset.from_dict({"label": ["cat", "owl"]})
     with pytest.raises(ZeroShotLeakError, match="owl"):
         guard_training_set(strings, split)
+
+
+# --------------------------------------------------------------- what the mutation run of zero_shot.py found
+@pytest.mark.parametrize(
+    "plural, singular",
+    [
+        ("butterflies", "butterfly"), ("flies", "fly"),  # -ies -> -y from five letters on
+        ("ties", "tie"), ("pies", "pie"),  # four-letter -ies words are -ie + s
+        ("glasses", "glass"), ("boxes", "box"), ("buzzes", "buzz"), ("benches", "bench"), ("brushes", "brush"),
+        ("buses", "bus"), ("trees", "tree"), ("cats", "cat"),
+        ("glass", "glass"), ("bus", "bus"), ("axis", "axis"), ("gas", "gas"),  # not plurals: the s stays
+    ],
+)  # fmt: skip
+def test_plural_class_names_are_the_same_class_as_their_singular(plural, singular):
+    from hf_sbir.data.zero_shot import leak_key
+
+    assert leak_key(plural) == leak_key(singular) == singular
+    with pytest.raises(ZeroShotLeakError):
+        check_no_leak([plural], [singular])
+
+
+def test_leak_key_joins_normalised_singular_words():
+    from hf_sbir.data.zero_shot import leak_key
+
+    assert leak_key("  Palm_Trees ") == "palmtree"
+    assert leak_key("Car (Sedan)") == "carsedan" and leak_key(7) == "7"
+    assert normalize_class_name("Ｐalm\u00adtree\u200b!") == "palmtree"  # full width, soft hyphen, zero width
+
+
+def test_leak_error_and_warning_messages_are_one_line_naming_both_spellings():
+    from hf_sbir.data.zero_shot import ZeroShotLeakWarning
+
+    with pytest.raises(ZeroShotLeakError) as info:
+        check_no_leak(["owl", "Palm_Tree", "cat", "owl"], ["palm tree", "owl"])
+    assert str(info.value) == (  # each class once, in sorted order
+        "Zero-shot leak: 2 unseen test class(es) would be trained on: 'Palm_Tree' (test: 'palm tree'), owl. "
+        "Remove them from the training data or pick a split whose test classes they are not."
+    )
+    with pytest.warns(ZeroShotLeakWarning) as record:
+        check_no_leak(["buterfly", "cat"], ["butterfly", "Butterfly"])
+    assert len(record) == 1 and record[0].filename == __file__  # points at the caller's line
+    assert str(record[0].message) == (
+        "Possible zero-shot leak: training class(es) with nearly the name of an unseen test class: "
+        "'buterfly' ~ 'butterfly', 'buterfly' ~ 'Butterfly'. If they are the same class, remove it from the training data."
+    )
+
+
+def test_near_duplicate_threshold_is_inclusive_and_uses_the_full_ratio():
+    from hf_sbir.data.zero_shot import NEAR_DUPLICATE_RATIO, ZeroShotLeakWarning
+
+    assert NEAR_DUPLICATE_RATIO == 0.9
+    with pytest.warns(ZeroShotLeakWarning, match="'toothbrash' ~ 'toothbrush'"):  # 9 of 10 letters: ratio 0.9
+        check_no_leak(["toothbrash"], ["toothbrush"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # the same letters in another order: difflib's quick bound is 1.0, the ratio 0.33; a train class equal
+        # to no test class is compared with all of them, one that leaks is reported as a leak only
+        check_no_leak(["tac", "dog"], ["cat", "dgo"])
+        with pytest.raises(ZeroShotLeakError):
+            check_no_leak(["butterfly"], ["butterfly", "buterfly"])
+
+
+def test_user_made_split_keeps_its_lists_and_defaults_to_no_source():
+    split = ZeroShotSplit("mine", train_classes=["dog", "ant"], test_classes=["owl", "cat"])
+    assert split.train_classes == ("dog", "ant") and split.test_classes == ("owl", "cat")
+    assert split.source == "" and split.all_classes == ("ant", "cat", "dog", "owl")
+    assert load_split(split) is split
+
+
+def test_split_names_ignore_case_spaces_and_hyphens():
+    assert load_split(" Sketchy-SAKE ").name == "sketchy_sake"
+    assert load_split("SBIR-MINI").test_classes == load_split("sbir_mini").test_classes
+
+
+@pytest.mark.parametrize(
+    "name, source",
+    [
+        ("sketchy_sake", "Sketchy-Ext, SAKE random split (Liu et al., ICCV 2019): qliu24/SAKE "
+         "dataset/Sketchy/zeroshot1/cname_cid{,_zero}.txt @ aad0fe3"),
+        ("sketchy_no", "Sketchy-Ext non-overlapping-with-ImageNet split (Yelamarthi et al., ECCV 2018), as in "
+         "AnjanDutta/sem-pcyc test_classes_eccv_2018.txt, doodle2search and ZSE-SBIR"),
+        ("tuberlin_sake", "TU-Berlin-Ext, SAKE split (Liu et al., ICCV 2019): qliu24/SAKE "
+         "dataset/TUBerlin/zeroshot/cname_cid{,_zero}.txt @ aad0fe3"),
+        ("quickdraw_ext", "QuickDraw-Extended (Dey et al., CVPR 2019): sounakdey/doodle2search "
+         "src/data/zeroshot_classes_quickdraw.txt @ a2f0ed6 (spelling 'palm tree' as on disk)"),
+        ("sbir_mini", "hf_sbir split of the sbir-mini developers' set: test = "
+         "sorted(random.Random(0).sample(sorted(all 21 classes), 7))"),
+        ("embedded", "hf_sbir split of the embedded synthetic set: test = "
+         "sorted(random.Random(0).sample(sorted(all 16 classes), 4))"),
+    ],
+)  # fmt: skip
+def test_each_shipped_split_names_its_source(name, source):
+    # What a paper's reproduction cites: the repository, file and commit (splits/README.md has the details).
+    assert load_split(name).source == source
+
+
+def test_unknown_names_are_one_line_listing_the_known_ones():
+    with pytest.raises(UnknownSplitError) as info:
+        load_split("sketchy_random")
+    assert str(info.value) == (
+        "Unknown zero-shot split 'sketchy_random'. "
+        "Known splits: embedded, quickdraw_ext, sbir_mini, sketchy_no, sketchy_sake, tuberlin_sake."
+    )
+    with pytest.raises(UnknownSplitError) as info:
+        load_class_list("sketchy_everything")
+    assert str(info.value).startswith("Unknown class list 'sketchy_everything'. Known lists: embedded_test, embedded_train, ")
+    assert str(info.value).endswith(", sketchy_all, sketchy_no_test, sketchy_no_train, sketchy_sake_test, "
+                                    "sketchy_sake_train, tuberlin_all, tuberlin_sake_test, tuberlin_sake_train.")
+    assert str(UnknownSplitError()) == ""
+    assert load_class_list("sketchy_all")[:2] == ("airplane", "alarm_clock") and len(load_class_list("sketchy_all")) == 125
+
+
+def test_guard_reads_the_named_column_and_refuses_a_dict_without_train():
+    split = ZeroShotSplit("toy", train_classes=["cat", "dog"], test_classes=["owl"])
+    rows = Dataset.from_dict({"label": ["cat", "dog"], "category": ["cat", "owl"]})
+    assert guard_training_set(rows, split) is rows
+    with pytest.raises(ZeroShotLeakError, match="owl"):
+        guard_training_set(rows, split, label_column="category")
+    with pytest.raises(ValueError) as info:
+        guard_training_set(DatasetDict({"validation": rows}), split)
+    assert str(info.value) == "guard_training_set got a DatasetDict without a 'train' split: ['validation']"
+    for names in (("cat", "owl"), {"owl"}, frozenset({"owl"}), [1, "owl"]):
+        with pytest.raises(ZeroShotLeakError, match="owl"):
+            guard_training_set(names, split)

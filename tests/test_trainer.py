@@ -246,7 +246,7 @@ def test_export_writes_the_folder_in_place_then_pushes_it(tmp_path, monkeypatch)
     written = []
 
     def write(folder, model, transform, args, result, card_info=None, adapter=None):
-        written.append((folder.name, model, transform, card_info))
+        written.append((folder.name, model, transform, card_info, adapter))
         (folder / "config.json").write_text("{}")
 
     monkeypatch.setattr(trainer, "write_model_folder", write)
@@ -256,11 +256,11 @@ def test_export_writes_the_folder_in_place_then_pushes_it(tmp_path, monkeypatch)
     result = trainer.TrainResult(output_dir=tmp_path / "run", model_dir=None, iterations_done=10, finished=True)
     folder = trainer.export_model("MODEL", "TRANSFORM", args, result, card_info={"task_name": "toy"})
     assert folder == tmp_path / "run" / "model" and (folder / "config.json").is_file()
-    assert written == [("model", "MODEL", "TRANSFORM", {"task_name": "toy"})]
+    assert written == [("model", "MODEL", "TRANSFORM", {"task_name": "toy"}, None)]
     assert _FakeHub.calls[-1] == ("upload_folder", {"folder_path": str(folder), "repo_id": "me/toy", "commit_message": "Upload hf-sbir model"})
     _FakeHub.calls = []
-    trainer.export_model("MODEL", "TRANSFORM", _args(tmp_path), result)  # push_to_hub off: nothing uploaded
-    assert _FakeHub.calls == [] and written[-1][3] is None
+    trainer.export_model("MODEL", "TRANSFORM", _args(tmp_path), result, adapter="PEFT MODEL")  # push_to_hub off: nothing uploaded
+    assert _FakeHub.calls == [] and written[-1][3] is None and written[-1][4] == "PEFT MODEL"  # --peft: its adapter too
 
 
 def test_logged_values_are_averaged_over_processes(monkeypatch):
@@ -316,6 +316,47 @@ def test_model_folder_gets_the_methods_card_info(tmp_path, monkeypatch):
     trainer.write_model_folder(tmp_path, Saves("model", "config.json"), Transform("training transform", "x.json"), None, result,
                                card_info={"task_name": "toy"})
     assert saved == ["model", "inference transform", "image processor"] and cards == [{"task_name": "toy"}]
+    assert not (tmp_path / "adapter").exists()  # no peft adapter given: no adapter/ folder
+
+    # With --peft the peft adapter goes to adapter/ (a subfolder: see write_model_folder); its weights come from
+    # a temporary file (mode 600) and get the mode of config.json, the folder keeps a folder's mode.
+    adapters = []
+
+    def write_adapter(adapter, folder):
+        adapters.append((adapter, folder))
+        folder.mkdir(mode=0o755)
+        (folder / "adapter_model.safetensors").write_text("weights")
+        (folder / "adapter_model.safetensors").chmod(0o600)
+
+    monkeypatch.setattr(trainer, "write_adapter_folder", write_adapter)
+    out = tmp_path / "with_adapter"
+    out.mkdir()
+    trainer.write_model_folder(out, Saves("model", "config.json"), Transform("training transform", "x.json"), None, result,
+                               adapter="PEFT MODEL")
+    assert adapters == [("PEFT MODEL", out / "adapter")]
+    config_mode = (out / "config.json").stat().st_mode & 0o777
+    assert (out / "adapter" / "adapter_model.safetensors").stat().st_mode & 0o777 == config_mode != 0o600
+    assert (out / "adapter").stat().st_mode & 0o777 == 0o755
+
+
+def test_jsonl_tracker_on_its_own_makes_its_folder_on_first_write(tmp_path):
+    """JsonlTracker is an accelerate tracker a user can pass to their own Accelerator: it makes its (nested)
+    logging folder when it first writes, not before; config.json holds the run settings one per line, with
+    values JSON cannot hold (paths) as text."""
+    from pathlib import Path
+
+    from hf_sbir.training.trainer import JsonlTracker
+
+    logs = tmp_path / "runs" / "exp" / "logs"
+    tracker = JsonlTracker("exp", logs)
+    assert tracker.run_name == "exp" and tracker.tracker == logs / "metrics.jsonl" and not (tmp_path / "runs").exists()
+    tracker.log({"loss": np.float32(0.5)}, step=3)
+    assert json.loads((logs / "metrics.jsonl").read_text())["loss"] == 0.5
+    other = JsonlTracker("exp", tmp_path / "other" / "logs")
+    other.store_init_configuration({"output_dir": Path("/data/run"), "learning_rate": 0.1})
+    text = (tmp_path / "other" / "logs" / "config.json").read_text()
+    assert json.loads(text) == {"output_dir": "/data/run", "learning_rate": 0.1}
+    assert text.splitlines() == ["{", '  "output_dir": "/data/run",', '  "learning_rate": 0.1', "}"]
 
 
 def test_load_data_is_the_zero_shot_split_of_the_settings(tmp_path):
