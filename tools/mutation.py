@@ -49,7 +49,12 @@ MODULES = {
     ),
     "metrics": (["hf_sbir/metrics/*"], ["tests/test_metrics.py", "tests/test_metrics_protocols.py"]),
     "sampler": (["hf_sbir/data/sampler.py"], ["tests/test_data_sampler.py"]),
-    "zero_shot": (["hf_sbir/data/zero_shot.py"], ["tests/test_data_splits.py", "tests/test_faults.py"]),
+    # Of test_faults.py only the leak-guard tests: its other tests train models (minutes per surviving mutant).
+    "zero_shot": (
+        ["hf_sbir/data/zero_shot.py"],
+        ["tests/test_data_splits.py", "tests/test_faults.py::test_leak_guard_catches_spelling_variants",
+         "tests/test_faults.py::test_leak_guard_flags_near_duplicates_and_passes_distinct_classes"],
+    ),
     # The loop's own behaviours on a toy method (test_trainer.py, seconds) and the fast loop tests; of the
     # end-to-end runs with real models only the export (test_training.py's own slow tests and the four
     # families' resume runs test the models and checkpointing, and cost minutes per surviving mutant).
@@ -93,7 +98,7 @@ def _toml_list(items) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
-def prepare(name: str) -> Path:
+def prepare(name: str, timeout_multiplier: float | None = None) -> Path:
     files, tests = MODULES[name]
     work = WORK / name
     work.mkdir(parents=True, exist_ok=True)
@@ -111,6 +116,8 @@ def prepare(name: str) -> Path:
         f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
         f"pytest_add_cli_args = {_toml_list(['-p', 'no:cacheprovider', *deselect])}\n"
         'also_copy = ["model_cards/", "configs/", "spaces/", "train.py"]\n'
+        # (mutmut re-judges only the timed-out mutants when this changes)
+        + (f"timeout_multiplier = {timeout_multiplier}\n" if timeout_multiplier else "")
     )
     return work
 
@@ -147,6 +154,11 @@ def main(argv=None) -> int:
     parser.add_argument("--survivors", action="store_true", help="also list surviving / untested mutants")
     parser.add_argument("--rerun-survivors", action="store_true", help="retry only the mutants that survived (after adding tests)")
     parser.add_argument("--max-children", default="1", help="parallel mutmut workers (default 1)")
+    parser.add_argument(
+        "--timeout-multiplier", type=float, default=None,
+        help="mutmut's timeout_multiplier (its default 15): a mutant times out after (clean test time + 1 s) x this "
+        "(wall clock); raise it on a loaded machine for the modules whose tests spawn processes",
+    )
     args = parser.parse_args(argv)
     if args.list or not args.module:
         for name, (files, tests) in MODULES.items():
@@ -158,7 +170,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown module {unknown[0]!r}; choose from {sorted(MODULES)} or 'all'")
     for name in names:
         if not args.report:  # (a report never touches a work folder: a run may be using it)
-            work = prepare(name)
+            work = prepare(name, args.timeout_multiplier)
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts its copy first
             env.setdefault("OMP_NUM_THREADS", "1")
             # mutmut keeps earlier verdicts; survivors are retried only when named.
