@@ -109,6 +109,9 @@ def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_the_floor(tmp_
     # warm-up as long as the run: the cosine span is at least one step (no division by zero)
     whole = lr_lambda(_args(tmp_path, iterations=3, warmup_iterations=3, learning_rate=1.0, min_learning_rate=0.0))
     assert [whole(s) for s in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
+    # a cosine part of one step: the rate after it (logged for the last iteration) is the floor
+    one = lr_lambda(_args(tmp_path, iterations=3, warmup_iterations=2, learning_rate=1.0, min_learning_rate=0.1))
+    assert [one(s) for s in range(4)] == pytest.approx([0.5, 1.0, 1.0, 0.1])
 
 
 def test_history_logs_the_mean_over_micro_batches_and_the_learning_rate_of_each_step(tmp_path, toy):
@@ -226,6 +229,48 @@ def test_a_folder_holding_another_run_is_refused_with_what_differs(tmp_path, toy
         train(_args(tmp_path))
 
 
+def test_a_finished_run_is_returned_as_saved_and_an_unreadable_state_never_counts_as_finished(tmp_path, toy):
+    """Rerunning the command of a finished run returns its saved results without training; a folder whose
+    iteration count or settings cannot be read is never taken for the finished run. (The toy cannot be exported:
+    the files the export writes are put in place by hand.) The settings hold a date, as an unquoted YAML date
+    gives: they are compared as the settings file records them, as text."""
+    import datetime
+
+    args = _args(tmp_path, iterations=1, warmup_iterations=0, stop_after=None, eval_before=True, checkpoint_every=1,
+                 model_config={"released": datetime.date(2020, 1, 2)})
+    with pytest.raises(AttributeError):
+        train(args)
+    out = tmp_path / "run"
+    (out / "model").mkdir()
+    (out / "model" / "config.json").write_text("{}")
+    trained = len(toy.calls["loss"])
+    again = train(args)
+    assert (again.already_finished, again.finished, again.iterations_done) == (True, True, 1)
+    assert again.output_dir == out and again.model_dir == out / "model" and len(toy.calls["loss"]) == trained
+    assert again.metrics_before == json.loads((out / "eval_before.json").read_text()) == {"metrics": {"score": 0.25}, "task": "toy"}
+    assert again.metrics_after == json.loads((out / "eval_after.json").read_text())
+    (out / "eval_before.json").unlink()
+    assert train(args).metrics_before is None  # (the before-training evaluation is lost: not made up)
+
+    state = list_checkpoints(out)[-1] / "trainer_state.json"
+    for damaged in ("{}", "not json", None):  # no count, not JSON, no file
+        state.unlink(missing_ok=True)
+        if damaged is not None:
+            state.write_text(damaged)
+        with pytest.raises(ConfigError, match=r"already holds this run, stopped at iteration 0 of 1\. Continue it"):
+            train(args)
+    state.write_text(json.dumps({"iterations_done": 1}))
+    assert train(args).already_finished
+    settings = json.loads((out / "train_config.json").read_text())
+    (out / "train_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="already holds a run whose settings were not recorded"):
+        train(args)
+    # a setting only one side has (a settings file of another version) makes it another run
+    (out / "train_config.json").write_text(json.dumps({**settings, "old_setting": 1}))
+    with pytest.raises(ConfigError, match=r"already holds another run \(old_setting: 1 -> None\)"):
+        train(args)
+
+
 def test_a_run_trained_but_not_exported_is_recognised(tmp_path, toy):
     args = _args(tmp_path, iterations=3, stop_after=None)
     with pytest.raises(AttributeError):  # the toy model cannot be exported: the run dies after its last checkpoint
@@ -285,6 +330,15 @@ def test_logged_values_are_averaged_over_processes(monkeypatch):
 
     logs = {"loss": 1.5}
     assert _mean_over_processes(OneProcess(), logs) is logs
+
+    class OnAGpu(TwoProcesses):
+        device = torch.device("meta")  # stands in for a GPU: NCCL reduces only tensors on the process's device
+
+        def reduce(self, values, reduction):
+            assert values.device == self.device and values.dtype == torch.float64
+            return torch.tensor([0.25, 2.0], dtype=torch.float64)  # (meta tensors hold no values)
+
+    assert _mean_over_processes(OnAGpu(), {"loss": 1.0, "acc": 0.5}) == {"acc": 0.25, "loss": 2.0}
 
 
 def test_model_folder_gets_the_methods_card_info(tmp_path, monkeypatch):
