@@ -420,3 +420,16 @@ def test_load_data_is_the_zero_shot_split_of_the_settings(tmp_path):
     args = _args(tmp_path, dataset="embedded", split="embedded")
     data, expected = load_data(args), load_zero_shot_data(args)
     assert type(data) is type(expected) and repr(data) == repr(expected)
+
+
+def test_only_a_machine_without_any_accelerator_trains_on_the_cpu(monkeypatch):
+    """accelerate is told `cpu=True` only where torch sees no accelerator of any kind: a Mac's MPS or an Intel
+    XPU (no CUDA) must keep its device (stand-ins for torch's probes)."""
+    from hf_sbir.training.trainer import _cpu_only_machine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    assert _cpu_only_machine() is False
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (torch.accelerator covers CUDA too)
+    assert _cpu_only_machine() is True
