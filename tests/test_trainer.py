@@ -433,3 +433,80 @@ def test_only_a_machine_without_any_accelerator_trains_on_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (torch.accelerator covers CUDA too)
     assert _cpu_only_machine() is True
+
+
+def test_resume_of_an_empty_folder_warns_and_starts_in_a_new_nested_folder(tmp_path, toy, caplog):
+    """--resume true where no checkpoint exists yet (a job queued with --resume from the start): one warning
+    naming the folder, then a normal run, its output folder made with its missing parents; a fresh run without
+    --resume warns about nothing. train_config.json is readable, one setting per line."""
+    with caplog.at_level(logging.WARNING, logger="hf_sbir"):
+        train(_args(tmp_path, name="fresh", stop_after=2))
+    assert not [r for r in caplog.records if "resume" in r.getMessage()]
+    caplog.clear()
+    out = tmp_path / "runs" / "2026" / "a"
+    with caplog.at_level(logging.WARNING, logger="hf_sbir"):
+        result = train(_args(tmp_path, name="runs/2026/a", stop_after=2, resume=True))
+    assert result.iterations_done == 2 and [c.name for c in list_checkpoints(out)] == ["checkpoint-2"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"resume=True but no checkpoint in {out / 'checkpoints'}: starting from scratch."]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_sbir"):
+        train(_args(tmp_path, name="runs/2026/a", stop_after=2, resume=True))  # now it has one: no warning
+    assert not [r for r in caplog.records if "resume" in r.getMessage()]
+    assert '  "learning_rate": 0.05,' in (out / "train_config.json").read_text().splitlines()
+
+
+def test_peft_settings_reach_the_model(tmp_path, toy):
+    """--peft adapts the method's model before training (the toy has no backbone: the one-line error, before
+    anything is written)."""
+    with pytest.raises(ConfigError, match=r"^Sequential has no `backbone` for peft to adapt\.$"):
+        train(_args(tmp_path, peft="lora"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_mixed_precision_and_accelerates_own_trackers_follow_the_settings(tmp_path, toy, monkeypatch):
+    """--mixed_precision bf16: the model's forward runs in bfloat16 (accelerate's autocast); --log_with
+    tensorboard: accelerate's tracker writes under <output_dir>/logs. accelerate keeps one process-wide state
+    whose precision cannot change once set, so the test starts and leaves it fresh."""
+    from accelerate.state import AcceleratorState
+
+    pytest.importorskip("tensorboard")
+    dtypes = []
+    monkeypatch.setattr(_Toy, "build_model", lambda self: _RecordsDtype(dtypes))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        train(_args(tmp_path, log_with="tensorboard", mixed_precision="bf16", stop_after=1))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert list((tmp_path / "run" / "logs" / "hf_sbir").glob("events.out.tfevents.*"))
+
+
+class _RecordsDtype(nn.Sequential):
+    def __init__(self, dtypes):
+        super().__init__(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.dtypes = dtypes
+
+    def forward(self, x):
+        out = super().forward(x)
+        self.dtypes.append(out.dtype)
+        return out.float()
+
+
+def test_accelerate_steps_nothing_itself_and_is_told_about_a_cpu_only_machine(tmp_path, toy, monkeypatch):
+    """Only visible with several processes, so checked on what train asks of accelerate: the loop steps the
+    scheduler once per optimiser step itself (accelerate's default would step it once per process, running the
+    schedule N times too fast), and on a machine without accelerator accelerate is told `cpu=True` (without it,
+    processes started by torchrun form no CPU process group and each trains alone)."""
+    from hf_sbir.training import trainer
+
+    asked = []
+
+    class Recorded(trainer.Accelerator):
+        def __init__(self, **kwargs):
+            asked.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(trainer, "Accelerator", Recorded)
+    train(_args(tmp_path, stop_after=1))
+    assert asked[0]["step_scheduler_with_optimizer"] is False and asked[0]["cpu"] is trainer._cpu_only_machine()
