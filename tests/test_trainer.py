@@ -149,6 +149,12 @@ def test_checkpoints_at_every_n_iterations_and_where_the_run_stops(tmp_path, toy
     assert not result.finished and result.iterations_done == 7 and len(result.history) == 7
     assert [p.name for p in list_checkpoints(result.output_dir)] == ["checkpoint-3", "checkpoint-6", "checkpoint-7"]
     assert json.loads((list_checkpoints(result.output_dir)[-1] / "trainer_state.json").read_text())["iterations_done"] == 7
+    # the optimiser is Adam with the run's learning rate (scheduled) and weight decay
+    optimizer = torch.load(list_checkpoints(result.output_dir)[-1] / "optimizer.bin", weights_only=True)
+    assert [g["weight_decay"] for g in optimizer["param_groups"]] == [0.0]
+    decayed = train(_args(tmp_path, "decayed", weight_decay=0.01, stop_after=1))
+    optimizer = torch.load(list_checkpoints(decayed.output_dir)[-1] / "optimizer.bin", weights_only=True)
+    assert [(g["weight_decay"], g["initial_lr"]) for g in optimizer["param_groups"]] == [(0.01, 0.05)]
 
 
 def test_resume_continues_with_the_rng_state_and_ends_with_the_uninterrupted_weights(tmp_path, toy, caplog):
@@ -249,6 +255,8 @@ def test_a_finished_run_is_returned_as_saved_and_an_unreadable_state_never_count
     assert again.output_dir == out and again.model_dir == out / "model" and len(toy.calls["loss"]) == trained
     assert again.metrics_before == json.loads((out / "eval_before.json").read_text()) == {"metrics": {"score": 0.25}, "task": "toy"}
     assert again.metrics_after == json.loads((out / "eval_after.json").read_text())
+    for name in ("eval_before.json", "eval_after.json"):  # for people too: indented like every JSON file of the run
+        assert (out / name).read_text() == json.dumps(json.loads((out / name).read_text()), indent=2), name
     (out / "eval_before.json").unlink()
     assert train(args).metrics_before is None  # (the before-training evaluation is lost: not made up)
 
@@ -441,7 +449,7 @@ def test_resume_of_an_empty_folder_warns_and_starts_in_a_new_nested_folder(tmp_p
     --resume warns about nothing. train_config.json is readable, one setting per line."""
     with caplog.at_level(logging.WARNING, logger="hf_sbir"):
         train(_args(tmp_path, name="fresh", stop_after=2))
-    assert not [r for r in caplog.records if "resume" in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     caplog.clear()
     out = tmp_path / "runs" / "2026" / "a"
     with caplog.at_level(logging.WARNING, logger="hf_sbir"):
@@ -450,9 +458,10 @@ def test_resume_of_an_empty_folder_warns_and_starts_in_a_new_nested_folder(tmp_p
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == [f"resume=True but no checkpoint in {out / 'checkpoints'}: starting from scratch."]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hf_sbir"):
+    with caplog.at_level(logging.INFO, logger="hf_sbir"):
         train(_args(tmp_path, name="runs/2026/a", stop_after=2, resume=True))  # now it has one: no warning
-    assert not [r for r in caplog.records if "resume" in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"Resumed from {out / 'checkpoints' / 'checkpoint-2'} (iteration 2 of 10)." in [r.getMessage() for r in caplog.records]
     assert '  "learning_rate": 0.05,' in (out / "train_config.json").read_text().splitlines()
 
 
