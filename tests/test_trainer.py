@@ -7,6 +7,7 @@ test_training_loop.py; these are fast enough for the mutation runs of TESTING.md
 import json
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -519,3 +520,15 @@ def test_accelerate_steps_nothing_itself_and_is_told_about_a_cpu_only_machine(tm
     monkeypatch.setattr(trainer, "Accelerator", Recorded)
     train(_args(tmp_path, stop_after=1))
     assert asked[0]["step_scheduler_with_optimizer"] is False and asked[0]["cpu"] is trainer._cpu_only_machine()
+
+
+def test_progress_bar_counts_the_whole_run_from_where_it_resumed(tmp_path, toy, capsys):
+    """--progress true: one bar over all iterations of the run, starting at the resumed iteration, with the
+    step's loss and speed; --progress false: nothing on the terminal."""
+    train(_args(tmp_path, stop_after=2))
+    assert capsys.readouterr().err == ""
+    train(_args(tmp_path, stop_after=2, resume=True, progress=True))
+    last = capsys.readouterr().err.split("\r")[-1].strip()
+    assert last.startswith("train:  40%|") and "| 4/10 [" in last, last
+    loss = toy.calls["loss"][-1][1]
+    assert re.search(r", it_s=\d+\.\d\d, loss=" + f"{loss:.4f}]$", last), last
