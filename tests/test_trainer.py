@@ -7,7 +7,6 @@ test_training_loop.py; these are fast enough for the mutation runs of TESTING.md
 import json
 import logging
 import math
-import re
 
 import numpy as np
 import pytest
@@ -57,7 +56,9 @@ class _Toy(TrainingMethod):
     def make_batch(self, step, plan):
         g = torch.Generator().manual_seed(7)
         x, y = torch.randn(400, 6, generator=g), torch.randn(400, 3, generator=g)
-        return {"x": x[plan], "y": y[plan]}
+        self._record("rows", list(plan))
+        # "rows" as a list: batches may hold values that are not tensors (names, per-step settings)
+        return {"x": x[plan], "y": y[plan], "rows": list(plan)}
 
     def training_step(self, model, batch, step):
         loss = (model(batch["x"]) - batch["y"]).pow(2).sum(-1).mean()
@@ -70,6 +71,7 @@ class _Toy(TrainingMethod):
 
     def after_optimizer_step(self, model, step):
         self._record("after_step", step)
+        self._record("after_step_model", model)
 
     def evaluate(self, model, data, transform):
         self._record("evaluate")
@@ -125,7 +127,9 @@ def test_history_logs_the_mean_over_micro_batches_and_the_learning_rate_of_each_
     # the rate logged for iteration t is the one the schedule set after stepping: base * factor(t + 1)
     assert [h["lr"] for h in result.history] == pytest.approx([result_args.learning_rate * factor(t + 1) for t in range(3)])
     assert all(h["data_wait_s"] >= 0 for h in result.history)
-    assert toy.calls["after_step"] == [0, 1, 2]  # once per optimiser step, with the iteration
+    assert toy.calls["after_step"] == [0, 1, 2]  # once per optimiser step, with the iteration and the model trained
+    assert all(isinstance(m, nn.Sequential) and m is toy.calls["after_step_model"][0] for m in toy.calls["after_step_model"])
+    assert toy.calls["rows"] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11]]  # the shares of each step's batch of 4
 
 
 def test_jsonl_logs_every_n_iterations_and_the_run_settings(tmp_path, toy):
@@ -140,6 +144,9 @@ def test_jsonl_logs_every_n_iterations_and_the_run_settings(tmp_path, toy):
     train(_args(tmp_path, log_with="jsonl", log_every=2, stop_after=2, resume=True))
     lines = [json.loads(line) for line in (result.output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [2, 4, 6]
+    every3 = train(_args(tmp_path, "every3", log_with="jsonl", log_every=3, stop_after=7))
+    lines = (every3.output_dir / "logs" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [3, 6]
     # log_with none: no logs folder at all
     quiet = train(_args(tmp_path, "quiet", log_with="none", stop_after=2))
     assert not (quiet.output_dir / "logs").exists()
@@ -198,6 +205,34 @@ def test_a_non_finite_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_
                        r"Nothing was saved for it; the last good checkpoint is .*checkpoint-2\.$"):
         train(_args(tmp_path, stop_after=6))
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
+
+
+def test_a_non_finite_logged_loss_stops_the_run_even_when_this_processes_loss_is_finite(tmp_path, toy, monkeypatch):
+    """Under data parallelism the logged loss is the mean over processes: one process's NaN makes it NaN on every
+    process, so all stop together (a process that went on alone would wait for the others forever)."""
+    step = _Toy.training_step
+
+    def nan_logged(self, model, batch, iteration):
+        loss, logs = step(self, model, batch, iteration)
+        return loss, {**logs, "loss": float("nan")} if iteration == 3 else logs
+
+    monkeypatch.setattr(_Toy, "training_step", nan_logged)
+    with pytest.raises(FloatingPointError, match=r"^Loss became .* at iteration 3; .*checkpoint-2\.$"):
+        train(_args(tmp_path, stop_after=6))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-2"]
+
+
+def test_non_finite_weights_never_reach_a_checkpoint(tmp_path, toy, monkeypatch):
+    def poison(self, model, step):  # e.g. an EMA update gone wrong: the loss of the step was finite
+        if step == 2:
+            with torch.no_grad():
+                model[3].bias.fill_(float("inf"))
+
+    monkeypatch.setattr(_Toy, "after_optimizer_step", poison)
+    with pytest.raises(FloatingPointError, match=r"^Weights became non-finite by iteration 3 \(NaN/inf in 1 tensor\(s\), e\.g\. 3\.bias\); "
+                       r"no checkpoint was written for it and the last good checkpoint is .*checkpoint-2\."):
+        train(_args(tmp_path, checkpoint_every=1, stop_after=5))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-1", "checkpoint-2"]
 
 
 @pytest.mark.parametrize("where", ["load_data", "build_model"])
@@ -462,7 +497,9 @@ def test_resume_of_an_empty_folder_warns_and_starts_in_a_new_nested_folder(tmp_p
     with caplog.at_level(logging.INFO, logger="hf_sbir"):
         train(_args(tmp_path, name="runs/2026/a", stop_after=2, resume=True))  # now it has one: no warning
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert f"Resumed from {out / 'checkpoints' / 'checkpoint-2'} (iteration 2 of 10)." in [r.getMessage() for r in caplog.records]
+    infos = [r.getMessage() for r in caplog.records]
+    assert f"Resumed from {out / 'checkpoints' / 'checkpoint-2'} (iteration 2 of 10)." in infos
+    assert f"Checkpoint 4/10 saved: {out / 'checkpoints' / 'checkpoint-4'}" in infos
     assert '  "learning_rate": 0.05,' in (out / "train_config.json").read_text().splitlines()
 
 
@@ -522,13 +559,36 @@ def test_accelerate_steps_nothing_itself_and_is_told_about_a_cpu_only_machine(tm
     assert asked[0]["step_scheduler_with_optimizer"] is False and asked[0]["cpu"] is trainer._cpu_only_machine()
 
 
-def test_progress_bar_counts_the_whole_run_from_where_it_resumed(tmp_path, toy, capsys):
+def test_progress_bar_counts_the_whole_run_from_where_it_resumed(tmp_path, toy, capsys, monkeypatch):
     """--progress true: one bar over all iterations of the run, starting at the resumed iteration, with the
     step's loss and speed; --progress false: nothing on the terminal."""
+    import itertools
+    import time
+    import types
+
+    from hf_sbir.training import trainer
+
     train(_args(tmp_path, stop_after=2))
     assert capsys.readouterr().err == ""
+    # the loop's clock (used for the speed only) ticks 0.25 s per reading: 4 iterations per second
+    clock = itertools.count(100.0, 0.25)
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: next(clock), time=time.time))
     train(_args(tmp_path, stop_after=2, resume=True, progress=True))
     last = capsys.readouterr().err.split("\r")[-1].strip()
     assert last.startswith("train:  40%|") and "| 4/10 [" in last, last
     loss = toy.calls["loss"][-1][1]
-    assert re.search(r", it_s=\d+\.\d\d, loss=" + f"{loss:.4f}]$", last), last
+    assert last.endswith(f", it_s=4.00, loss={loss:.4f}]"), last
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_process_trains_on_its_own_share_of_the_global_batch(tmp_path, toy, monkeypatch, rank):
+    """Under data parallelism (a stand-in accelerator that reports process `rank` of 2) each process trains on
+    its share of every step's global batch of 2 x batch_size items."""
+    from hf_sbir.training import trainer
+
+    class OneOfTwo(trainer.Accelerator):
+        num_processes, process_index = 2, rank
+
+    monkeypatch.setattr(trainer, "Accelerator", OneOfTwo)
+    train(_args(tmp_path, stop_after=2))
+    assert toy.calls["rows"] == [list(range(8 * step + 4 * rank, 8 * step + 4 * rank + 4)) for step in (0, 1)]
