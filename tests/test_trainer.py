@@ -154,7 +154,7 @@ def test_jsonl_logs_every_n_iterations_and_the_run_settings(tmp_path, toy):
 
 def test_checkpoints_at_every_n_iterations_and_where_the_run_stops(tmp_path, toy):
     result = train(_args(tmp_path, checkpoint_every=3, stop_after=7))
-    assert not result.finished and result.iterations_done == 7 and len(result.history) == 7
+    assert result.finished is False and result.iterations_done == 7 and len(result.history) == 7
     assert [p.name for p in list_checkpoints(result.output_dir)] == ["checkpoint-3", "checkpoint-6", "checkpoint-7"]
     assert json.loads((list_checkpoints(result.output_dir)[-1] / "trainer_state.json").read_text())["iterations_done"] == 7
     # the optimiser is Adam with the run's learning rate (scheduled) and weight decay
@@ -500,6 +500,7 @@ def test_resume_of_an_empty_folder_warns_and_starts_in_a_new_nested_folder(tmp_p
     infos = [r.getMessage() for r in caplog.records]
     assert f"Resumed from {out / 'checkpoints' / 'checkpoint-2'} (iteration 2 of 10)." in infos
     assert f"Checkpoint 4/10 saved: {out / 'checkpoints' / 'checkpoint-4'}" in infos
+    assert infos[-1] == "Stopped after iteration 4 of 10; continue with --resume true."
     assert '  "learning_rate": 0.05,' in (out / "train_config.json").read_text().splitlines()
 
 
