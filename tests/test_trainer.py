@@ -593,3 +593,24 @@ def test_each_process_trains_on_its_own_share_of_the_global_batch(tmp_path, toy,
     monkeypatch.setattr(trainer, "Accelerator", OneOfTwo)
     train(_args(tmp_path, stop_after=2))
     assert toy.calls["rows"] == [list(range(8 * step + 4 * rank, 8 * step + 4 * rank + 4)) for step in (0, 1)]
+
+
+def test_a_peft_model_is_exported_merged_with_its_adapter_beside_it(tmp_path, toy, monkeypatch):
+    """A run whose model carries peft adapters exports the merged model (plain layers, the same function, in
+    eval mode; also `TrainResult.model`) and hands the peft model to the export for model/adapter/ (the export
+    itself is a stand-in: the toy has no processor to save)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from hf_sbir.training import trainer
+
+    monkeypatch.setattr(_Toy, "build_model", lambda self: get_peft_model(
+        nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)), LoraConfig(r=2, target_modules=["0"], init_lora_weights=False)))
+    exported = []
+    monkeypatch.setattr(trainer, "export_model", lambda model, transform, args, result, card_info=None, adapter=None:
+                        exported.append((model, adapter)) or tmp_path / "run" / "model")
+    result = train(_args(tmp_path, iterations=2, warmup_iterations=0, stop_after=None))
+    (merged, adapter), = exported
+    assert isinstance(adapter, PeftModel) and result.model is merged and not merged.training
+    assert isinstance(merged, nn.Sequential) and type(merged[0]) is nn.Linear  # the LoRA layers merged away
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(merged(x), adapter.eval()(x))
