@@ -605,11 +605,13 @@ def test_a_peft_model_is_exported_merged_with_its_adapter_beside_it(tmp_path, to
 
     monkeypatch.setattr(_Toy, "build_model", lambda self: get_peft_model(
         nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)), LoraConfig(r=2, target_modules=["0"], init_lora_weights=False)))
+    monkeypatch.setattr(_Toy, "model_card_info", lambda self: {"task_name": "toy retrieval"})
     exported = []
     monkeypatch.setattr(trainer, "export_model", lambda model, transform, args, result, card_info=None, adapter=None:
-                        exported.append((model, adapter)) or tmp_path / "run" / "model")
+                        exported.append((model, adapter, card_info)) or tmp_path / "run" / "model")
     result = train(_args(tmp_path, iterations=2, warmup_iterations=0, stop_after=None))
-    (merged, adapter), = exported
+    (merged, adapter, card_info), = exported
+    assert card_info == {"task_name": "toy retrieval"}  # the method's card info reaches the model card
     assert isinstance(adapter, PeftModel) and result.model is merged and not merged.training
     assert isinstance(merged, nn.Sequential) and type(merged[0]) is nn.Linear  # the LoRA layers merged away
     x = torch.randn(5, 6)
