@@ -164,7 +164,8 @@ def test_leak_error_and_warning_messages_are_one_line_naming_both_spellings():
     )
     with pytest.warns(ZeroShotLeakWarning) as record:
         check_no_leak(["buterfly", "cat"], ["butterfly", "Butterfly"])
-    assert len(record) == 1 and record[0].filename == __file__  # points at the caller's line
+    # it points at the caller's line, not at zero_shot.py (the caller is this file; under mutmut its trampoline)
+    assert len(record) == 1 and Path(record[0].filename).name != "zero_shot.py"
     assert str(record[0].message) == (
         "Possible zero-shot leak: training class(es) with nearly the name of an unseen test class: "
         "'buterfly' ~ 'butterfly', 'buterfly' ~ 'Butterfly'. If they are the same class, remove it from the training data."
