@@ -81,10 +81,11 @@ def normalize_class_name(name: str) -> str:
 
 def _singular(word: str) -> str:
     """English simple plurals only (the spelling variants of class names): trees -> tree,
-    butterflies -> butterfly, boxes/benches -> box/bench; glass, bus keep their s."""
+    butterflies -> butterfly, boxes/benches -> box/bench; glass, bus keep their s. Four-letter words
+    are -ie/-e + s (ties -> tie, axes -> axe: 'axe' is a class of Sketchy, TU-Berlin and QuickDraw)."""
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh")):
+    if len(word) > 4 and word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh")):
         return word[:-2]
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
