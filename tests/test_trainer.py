@@ -100,6 +100,120 @@ def _weights(output_dir, step):
     return load_file(str(output_dir / "checkpoints" / f"checkpoint-{step}" / "model.safetensors"))
 
 
+def test_progress_bar_counts_the_whole_run_from_where_it_resumed(tmp_path, toy, capsys, monkeypatch):
+    """--progress true: one bar over all iterations of the run, starting at the resumed iteration, with the
+    step's loss and speed; --progress false: nothing on the terminal."""
+    import itertools
+    import time
+    import types
+
+    from hf_sbir.training import trainer
+
+    train(_args(tmp_path, stop_after=2))
+    assert capsys.readouterr().err == ""
+    # the loop's clock (used for the speed only) ticks 0.25 s per reading: 4 iterations per second
+    clock = itertools.count(100.0, 0.25)
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: next(clock), time=time.time))
+    train(_args(tmp_path, stop_after=2, resume=True, progress=True))
+    last = capsys.readouterr().err.split("\r")[-1].strip()
+    assert last.startswith("train:  40%|") and "| 4/10 [" in last, last
+    loss = toy.calls["loss"][-1][1]
+    assert last.endswith(f", it_s=4.00, loss={loss:.4f}]"), last
+
+
+def test_resume_of_an_empty_folder_warns_and_starts_in_a_new_nested_folder(tmp_path, toy, caplog):
+    """--resume true where no checkpoint exists yet (a job queued with --resume from the start): one warning
+    naming the folder, then a normal run, its output folder made with its missing parents; a fresh run without
+    --resume warns about nothing. train_config.json is readable, one setting per line."""
+    with caplog.at_level(logging.WARNING, logger="hf_sbir"):
+        train(_args(tmp_path, name="fresh", stop_after=2))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    out = tmp_path / "runs" / "2026" / "a"
+    with caplog.at_level(logging.WARNING, logger="hf_sbir"):
+        result = train(_args(tmp_path, name="runs/2026/a", stop_after=2, resume=True))
+    assert result.iterations_done == 2 and [c.name for c in list_checkpoints(out)] == ["checkpoint-2"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"resume=True but no checkpoint in {out / 'checkpoints'}: starting from scratch."]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hf_sbir"):
+        train(_args(tmp_path, name="runs/2026/a", stop_after=2, resume=True))  # now it has one: no warning
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records]
+    assert f"Resumed from {out / 'checkpoints' / 'checkpoint-2'} (iteration 2 of 10)." in infos
+    assert f"Checkpoint 4/10 saved: {out / 'checkpoints' / 'checkpoint-4'}" in infos
+    assert infos[-1] == "Stopped after iteration 4 of 10; continue with --resume true."
+    assert '  "learning_rate": 0.05,' in (out / "train_config.json").read_text().splitlines()
+
+
+def test_a_peft_model_is_exported_merged_with_its_adapter_beside_it(tmp_path, toy, monkeypatch):
+    """A run whose model carries peft adapters exports the merged model (plain layers, the same function, in
+    eval mode; also `TrainResult.model`) and hands the peft model to the export for model/adapter/ (the export
+    itself is a stand-in: the toy has no processor to save)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from hf_sbir.training import trainer
+
+    monkeypatch.setattr(_Toy, "build_model", lambda self: get_peft_model(
+        nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)), LoraConfig(r=2, target_modules=["0"], init_lora_weights=False)))
+    monkeypatch.setattr(_Toy, "model_card_info", lambda self: {"task_name": "toy retrieval"})
+    exported = []
+    monkeypatch.setattr(trainer, "export_model", lambda model, transform, args, result, card_info=None, adapter=None:
+                        exported.append((model, adapter, card_info)) or tmp_path / "run" / "model")
+    result = train(_args(tmp_path, iterations=2, warmup_iterations=0, stop_after=None))
+    (merged, adapter, card_info), = exported
+    assert card_info == {"task_name": "toy retrieval"}  # the method's card info reaches the model card
+    assert isinstance(adapter, PeftModel) and result.model is merged and not merged.training
+    assert isinstance(merged, nn.Sequential) and type(merged[0]) is nn.Linear  # the LoRA layers merged away
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(merged(x), adapter.eval()(x))
+
+
+
+def test_a_finished_run_is_returned_as_saved_and_an_unreadable_state_never_counts_as_finished(tmp_path, toy):
+    """Rerunning the command of a finished run returns its saved results without training; a folder whose
+    iteration count or settings cannot be read is never taken for the finished run. (The toy cannot be exported:
+    the files the export writes are put in place by hand.) The settings hold a date, as an unquoted YAML date
+    gives: they are compared as the settings file records them, as text."""
+    import datetime
+
+    args = _args(tmp_path, iterations=1, warmup_iterations=0, stop_after=None, eval_before=True, checkpoint_every=1,
+                 model_config={"released": datetime.date(2020, 1, 2)})
+    with pytest.raises(AttributeError):
+        train(args)
+    out = tmp_path / "run"
+    (out / "model").mkdir()
+    (out / "model" / "config.json").write_text("{}")
+    trained = len(toy.calls["loss"])
+    again = train(args)
+    assert (again.already_finished, again.finished, again.iterations_done) == (True, True, 1)
+    assert again.output_dir == out and again.model_dir == out / "model" and len(toy.calls["loss"]) == trained
+    assert again.metrics_before == json.loads((out / "eval_before.json").read_text()) == {"metrics": {"score": 0.25}, "task": "toy"}
+    assert again.metrics_after == json.loads((out / "eval_after.json").read_text())
+    for name in ("eval_before.json", "eval_after.json"):  # for people too: indented like every JSON file of the run
+        assert (out / name).read_text() == json.dumps(json.loads((out / name).read_text()), indent=2), name
+    (out / "eval_before.json").unlink()
+    assert train(args).metrics_before is None  # (the before-training evaluation is lost: not made up)
+
+    state = list_checkpoints(out)[-1] / "trainer_state.json"
+    for damaged in ("{}", "not json", None):  # no count, not JSON, no file
+        state.unlink(missing_ok=True)
+        if damaged is not None:
+            state.write_text(damaged)
+        with pytest.raises(ConfigError, match=r"already holds this run, stopped at iteration 0 of 1\. Continue it"):
+            train(args)
+    state.write_text(json.dumps({"iterations_done": 1}))
+    assert train(args).already_finished
+    settings = json.loads((out / "train_config.json").read_text())
+    (out / "train_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="already holds a run whose settings were not recorded"):
+        train(args)
+    # a setting only one side has (a settings file of another version) makes it another run
+    (out / "train_config.json").write_text(json.dumps({**settings, "old_setting": 1}))
+    with pytest.raises(ConfigError, match=r"already holds another run \(old_setting: 1 -> None\)"):
+        train(args)
+
+
 def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_the_floor(tmp_path):
     factor = lr_lambda(_args(tmp_path, iterations=10, warmup_iterations=2, learning_rate=1.0, min_learning_rate=0.1))
     assert [factor(s) for s in (0, 1)] == [0.5, 1.0]  # (step + 1) / warmup
@@ -271,50 +385,6 @@ def test_a_folder_holding_another_run_is_refused_with_what_differs(tmp_path, toy
         train(_args(tmp_path))
 
 
-def test_a_finished_run_is_returned_as_saved_and_an_unreadable_state_never_counts_as_finished(tmp_path, toy):
-    """Rerunning the command of a finished run returns its saved results without training; a folder whose
-    iteration count or settings cannot be read is never taken for the finished run. (The toy cannot be exported:
-    the files the export writes are put in place by hand.) The settings hold a date, as an unquoted YAML date
-    gives: they are compared as the settings file records them, as text."""
-    import datetime
-
-    args = _args(tmp_path, iterations=1, warmup_iterations=0, stop_after=None, eval_before=True, checkpoint_every=1,
-                 model_config={"released": datetime.date(2020, 1, 2)})
-    with pytest.raises(AttributeError):
-        train(args)
-    out = tmp_path / "run"
-    (out / "model").mkdir()
-    (out / "model" / "config.json").write_text("{}")
-    trained = len(toy.calls["loss"])
-    again = train(args)
-    assert (again.already_finished, again.finished, again.iterations_done) == (True, True, 1)
-    assert again.output_dir == out and again.model_dir == out / "model" and len(toy.calls["loss"]) == trained
-    assert again.metrics_before == json.loads((out / "eval_before.json").read_text()) == {"metrics": {"score": 0.25}, "task": "toy"}
-    assert again.metrics_after == json.loads((out / "eval_after.json").read_text())
-    for name in ("eval_before.json", "eval_after.json"):  # for people too: indented like every JSON file of the run
-        assert (out / name).read_text() == json.dumps(json.loads((out / name).read_text()), indent=2), name
-    (out / "eval_before.json").unlink()
-    assert train(args).metrics_before is None  # (the before-training evaluation is lost: not made up)
-
-    state = list_checkpoints(out)[-1] / "trainer_state.json"
-    for damaged in ("{}", "not json", None):  # no count, not JSON, no file
-        state.unlink(missing_ok=True)
-        if damaged is not None:
-            state.write_text(damaged)
-        with pytest.raises(ConfigError, match=r"already holds this run, stopped at iteration 0 of 1\. Continue it"):
-            train(args)
-    state.write_text(json.dumps({"iterations_done": 1}))
-    assert train(args).already_finished
-    settings = json.loads((out / "train_config.json").read_text())
-    (out / "train_config.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="already holds a run whose settings were not recorded"):
-        train(args)
-    # a setting only one side has (a settings file of another version) makes it another run
-    (out / "train_config.json").write_text(json.dumps({**settings, "old_setting": 1}))
-    with pytest.raises(ConfigError, match=r"already holds another run \(old_setting: 1 -> None\)"):
-        train(args)
-
-
 def test_a_run_trained_but_not_exported_is_recognised(tmp_path, toy):
     args = _args(tmp_path, iterations=3, stop_after=None)
     with pytest.raises(AttributeError):  # the toy model cannot be exported: the run dies after its last checkpoint
@@ -479,31 +549,6 @@ def test_only_a_machine_without_any_accelerator_trains_on_the_cpu(monkeypatch):
     assert _cpu_only_machine() is True
 
 
-def test_resume_of_an_empty_folder_warns_and_starts_in_a_new_nested_folder(tmp_path, toy, caplog):
-    """--resume true where no checkpoint exists yet (a job queued with --resume from the start): one warning
-    naming the folder, then a normal run, its output folder made with its missing parents; a fresh run without
-    --resume warns about nothing. train_config.json is readable, one setting per line."""
-    with caplog.at_level(logging.WARNING, logger="hf_sbir"):
-        train(_args(tmp_path, name="fresh", stop_after=2))
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    caplog.clear()
-    out = tmp_path / "runs" / "2026" / "a"
-    with caplog.at_level(logging.WARNING, logger="hf_sbir"):
-        result = train(_args(tmp_path, name="runs/2026/a", stop_after=2, resume=True))
-    assert result.iterations_done == 2 and [c.name for c in list_checkpoints(out)] == ["checkpoint-2"]
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warned == [f"resume=True but no checkpoint in {out / 'checkpoints'}: starting from scratch."]
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="hf_sbir"):
-        train(_args(tmp_path, name="runs/2026/a", stop_after=2, resume=True))  # now it has one: no warning
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    infos = [r.getMessage() for r in caplog.records]
-    assert f"Resumed from {out / 'checkpoints' / 'checkpoint-2'} (iteration 2 of 10)." in infos
-    assert f"Checkpoint 4/10 saved: {out / 'checkpoints' / 'checkpoint-4'}" in infos
-    assert infos[-1] == "Stopped after iteration 4 of 10; continue with --resume true."
-    assert '  "learning_rate": 0.05,' in (out / "train_config.json").read_text().splitlines()
-
-
 def test_peft_settings_reach_the_model(tmp_path, toy):
     """--peft adapts the method's model before training (the toy has no backbone: the one-line error, before
     anything is written)."""
@@ -560,27 +605,6 @@ def test_accelerate_steps_nothing_itself_and_is_told_about_a_cpu_only_machine(tm
     assert asked[0]["step_scheduler_with_optimizer"] is False and asked[0]["cpu"] is trainer._cpu_only_machine()
 
 
-def test_progress_bar_counts_the_whole_run_from_where_it_resumed(tmp_path, toy, capsys, monkeypatch):
-    """--progress true: one bar over all iterations of the run, starting at the resumed iteration, with the
-    step's loss and speed; --progress false: nothing on the terminal."""
-    import itertools
-    import time
-    import types
-
-    from hf_sbir.training import trainer
-
-    train(_args(tmp_path, stop_after=2))
-    assert capsys.readouterr().err == ""
-    # the loop's clock (used for the speed only) ticks 0.25 s per reading: 4 iterations per second
-    clock = itertools.count(100.0, 0.25)
-    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: next(clock), time=time.time))
-    train(_args(tmp_path, stop_after=2, resume=True, progress=True))
-    last = capsys.readouterr().err.split("\r")[-1].strip()
-    assert last.startswith("train:  40%|") and "| 4/10 [" in last, last
-    loss = toy.calls["loss"][-1][1]
-    assert last.endswith(f", it_s=4.00, loss={loss:.4f}]"), last
-
-
 @pytest.mark.parametrize("rank", [0, 1])
 def test_each_process_trains_on_its_own_share_of_the_global_batch(tmp_path, toy, monkeypatch, rank):
     """Under data parallelism (a stand-in accelerator that reports process `rank` of 2) each process trains on
@@ -593,26 +617,3 @@ def test_each_process_trains_on_its_own_share_of_the_global_batch(tmp_path, toy,
     monkeypatch.setattr(trainer, "Accelerator", OneOfTwo)
     train(_args(tmp_path, stop_after=2))
     assert toy.calls["rows"] == [list(range(8 * step + 4 * rank, 8 * step + 4 * rank + 4)) for step in (0, 1)]
-
-
-def test_a_peft_model_is_exported_merged_with_its_adapter_beside_it(tmp_path, toy, monkeypatch):
-    """A run whose model carries peft adapters exports the merged model (plain layers, the same function, in
-    eval mode; also `TrainResult.model`) and hands the peft model to the export for model/adapter/ (the export
-    itself is a stand-in: the toy has no processor to save)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    from hf_sbir.training import trainer
-
-    monkeypatch.setattr(_Toy, "build_model", lambda self: get_peft_model(
-        nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)), LoraConfig(r=2, target_modules=["0"], init_lora_weights=False)))
-    monkeypatch.setattr(_Toy, "model_card_info", lambda self: {"task_name": "toy retrieval"})
-    exported = []
-    monkeypatch.setattr(trainer, "export_model", lambda model, transform, args, result, card_info=None, adapter=None:
-                        exported.append((model, adapter, card_info)) or tmp_path / "run" / "model")
-    result = train(_args(tmp_path, iterations=2, warmup_iterations=0, stop_after=None))
-    (merged, adapter, card_info), = exported
-    assert card_info == {"task_name": "toy retrieval"}  # the method's card info reaches the model card
-    assert isinstance(adapter, PeftModel) and result.model is merged and not merged.training
-    assert isinstance(merged, nn.Sequential) and type(merged[0]) is nn.Linear  # the LoRA layers merged away
-    x = torch.randn(5, 6)
-    torch.testing.assert_close(merged(x), adapter.eval()(x))
