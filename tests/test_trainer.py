@@ -374,8 +374,16 @@ def test_a_folder_holding_another_run_is_refused_with_what_differs(tmp_path, toy
     # Bookkeeping settings (stop_after, progress, num_workers) do not make it another run.
     with pytest.raises(ConfigError, match=r"run already holds this run, stopped at iteration 2 of 10\. Continue it with --resume true"):
         train(_args(tmp_path, stop_after=3, progress=True, num_workers=1))
-    with pytest.raises(ConfigError, match=r"already holds another run \(learning_rate: 0\.05 -> 0\.1\)\. Pass a new --output_dir"):
+    with pytest.raises(ConfigError) as info:
         train(_args(tmp_path, learning_rate=0.1))
+    run = tmp_path / "run"
+    assert str(info.value) == (
+        f"{run} already holds another run (learning_rate: 0.05 -> 0.1). Pass a new --output_dir for this one (or delete "
+        f"{run}); to continue that run, use its settings ({run / 'train_config.json'}) with --resume true. Nothing was changed."
+    )
+    with pytest.raises(ConfigError, match=r"\(batch_size: 4 -> 2, iterations: 10 -> 11, learning_rate: 0\.05 -> 0\.1, "
+                       r"seed: 0 -> 3\)\. Pass"):  # four differences: all shown
+        train(_args(tmp_path, learning_rate=0.1, seed=3, batch_size=2, iterations=11))
     with pytest.raises(ConfigError, match=r"\(batch_size: 4 -> 2, iterations: 10 -> 11, learning_rate: 0\.05 -> 0\.1, "
                        r"seed: 0 -> 3, \.\.\.\)\. Pass"):
         train(_args(tmp_path, learning_rate=0.1, seed=3, batch_size=2, iterations=11, warmup_iterations=1))
