@@ -272,3 +272,23 @@ def test_training_steps_reduce_the_loss(tmp_path):
     assert 0.0 <= result["metrics"]["acc@1"] <= result["metrics"]["acc@5"] <= 1.0
     assert sorted(result["per_layer"]) == ["0", "1", "2", "3"]
     assert result["per_layer"]["2"] == result["metrics"]
+
+
+def test_loss_module_pairs_the_two_halves_with_the_configs_temperature():
+    """ShapeViewsLoss on the model output: the first `num_first` embeddings against the rest, row i with row i,
+    at the config's temperature, symmetric by default (both directions averaged) or one-way when asked."""
+    from types import SimpleNamespace
+
+    from hf_sbir.losses.shape_views import ShapeViewsLoss
+
+    g = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    output = SimpleNamespace(embeddings=embeddings)
+    config = SimpleNamespace(contrastive_temperature=0.25)
+    a, b = embeddings[:3], embeddings[3:]
+    one_way = contrastive_cross_entropy(a, b, 0.25, symmetric=False)
+    both = contrastive_cross_entropy(a, b, 0.25, symmetric=True)
+    assert not torch.isclose(one_way, both) and not torch.isclose(both, contrastive_cross_entropy(a, b, 1.0))
+    torch.testing.assert_close(ShapeViewsLoss(config)(output, num_first=3), both)
+    torch.testing.assert_close(ShapeViewsLoss(config, symmetric=False)(output, num_first=3), one_way)
+    assert ShapeViewsLoss(config).symmetric is True
