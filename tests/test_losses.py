@@ -250,3 +250,29 @@ def test_gather_false_gives_the_local_loss():
     sims = {"word": anchor_similarity(WORD_ANCHORS), "visual": anchor_similarity(VISUAL_ANCHORS)}
     args = (sketch, photo, torch.tensor(LABELS), adapted, sims, TAU, TAU_A)
     assert sketch_an_anchor_loss(*args, gather=False).as_floats() == pytest.approx(sketch_an_anchor_loss(*args).as_floats(), rel=1e-12)
+
+
+def test_loss_module_splits_the_output_and_reads_the_configs_temperatures():
+    """SketchAnAnchorLoss on the model's output (sketch rows, then photo rows, and the adapted anchors of the
+    kinds passed): the seven terms of the paper with A^s from the raw anchors given, the config's two
+    temperatures; only the anchor kinds passed (none: the InfoNCE-only baseline)."""
+    from types import SimpleNamespace
+
+    from hf_sbir.losses import SketchAnAnchorLoss
+
+    sketch, photo, adapted = _outputs()
+    fields = ("embeddings", "word_embeddings", "visual_embeddings")
+    output = SimpleNamespace(**{f: torch.cat([getattr(sketch, f), getattr(photo, f)]) for f in fields},
+                             adapted_word_anchors=adapted["word"], adapted_visual_anchors=adapted["visual"])
+    config = SimpleNamespace(contrastive_temperature=TAU, anchor_similarity_temperature=TAU_A)
+    loss = SketchAnAnchorLoss(config)
+    assert loss.gather is True  # data-parallel runs see the global batch (test_distributed.py)
+    raw = {"word": WORD_ANCHORS, "visual": VISUAL_ANCHORS}
+    for kinds in (("word", "visual"), ("visual",), ("word",), ()):
+        got = loss(output, torch.tensor(LABELS), 4, *(raw[k] if k in kinds else None for k in ("word", "visual"))).as_floats()
+        sims = {k: anchor_similarity(raw[k]) for k in kinds}
+        expected = ref_total(sketch, photo, LABELS, {k: adapted[k] for k in kinds}, sims, TAU, TAU_A)
+        assert set(got) == set(expected), kinds
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-9), (kinds, key)
+    assert SketchAnAnchorLoss(config, gather=False).gather is False
