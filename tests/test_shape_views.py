@@ -292,3 +292,19 @@ def test_loss_module_pairs_the_two_halves_with_the_configs_temperature():
     torch.testing.assert_close(ShapeViewsLoss(config)(output, num_first=3), both)
     torch.testing.assert_close(ShapeViewsLoss(config, symmetric=False)(output, num_first=3), one_way)
     assert ShapeViewsLoss(config).symmetric is True
+
+
+def test_contrastive_cross_entropy_gathers_the_global_batch_by_default(monkeypatch):
+    """Under data parallelism the other views of the *global* batch are the negatives, by default (a stand-in
+    for the two-process gather: this process holds the first half, the other process the second; the real
+    gather is tested with two processes in test_distributed.py)."""
+    import hf_sbir.losses.shape_views as shape_views
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
+    local_a, local_b = a[:3], b[:3]
+    other = {id(local_a): a[3:], id(local_b): b[3:]}
+    monkeypatch.setattr(shape_views, "gather_with_grad", lambda t: torch.cat([t, other[id(t)]]))
+    torch.testing.assert_close(contrastive_cross_entropy(local_a, local_b, 0.1), contrastive_cross_entropy(a, b, 0.1, gather=False))
+    local = contrastive_cross_entropy(local_a, local_b, 0.1, gather=False)
+    assert not torch.isclose(local, contrastive_cross_entropy(a, b, 0.1, gather=False))
