@@ -157,3 +157,19 @@ def test_from_datasets_reads_the_label_columns():
         assert [built.batch(s) for s in range(5)] == [direct.batch(s) for s in range(5)]
     with pytest.raises((KeyError, ValueError), match="nope"):
         PairedClassBatchSampler.from_datasets(sketches, photos, batch_size=4, label_column="nope")
+
+
+def test_batch_of_another_size_is_drawn_from_the_same_seed_and_step():
+    """`batch(step, batch_size=n)`: the training loop's global batch (batch_size x processes x accumulation), of
+    n pairs, the same for the same (seed, step) whatever the sampler's own batch size; with the default
+    `classes_per_batch` the class count follows n (min(n, classes)), with an explicit one it stays."""
+    small, large = _sampler(batch_size=2, seed=3), _sampler(batch_size=8, seed=3)
+    sketches, photos = small.batch(5, batch_size=8)
+    assert (sketches, photos) == large.batch(5) and len(sketches) == len(photos) == 8
+    n_classes = len(set(SKETCH_LABELS) & set(PHOTO_LABELS))
+    assert len({SKETCH_LABELS[i] for i in sketches}) == min(8, n_classes)
+    fixed = _sampler(batch_size=4, classes_per_batch=2, seed=3)
+    assert len({SKETCH_LABELS[i] for i in fixed.batch(5, batch_size=8)[0]}) == 2
+    assert small.batch(5) == small.batch(5, batch_size=None) and len(small.batch(5)[0]) == 2
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 1, got 0$"):
+        small.batch(5, batch_size=0)
