@@ -353,13 +353,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    from hf_sbir.data import sketchy_small_root
+    from hf_sbir.data.auto import dataset_folder
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = sketchy_small_root() if args.dataset in ("sketchy-small", "sketchy_small") else Path(args.dataset)
+    dataset = dataset_folder(args.dataset)
     if not (dataset / "sketch").is_dir():
         raise SystemExit(f"--dataset {args.dataset}: no sketch/ folder at {dataset}; pass the sketchy-small folder")
     if args.max_classes:

@@ -32,6 +32,20 @@ def sketchy_small_root() -> Path:
     return _shared_dataset_root("sketchy-small", SKETCHY_SMALL_ENV)
 
 
+_NAMED_ROOTS = {
+    "sbir-mini": sbir_mini_root, "sbir_mini": sbir_mini_root,
+    "sketchy-small": sketchy_small_root, "sketchy_small": sketchy_small_root,
+}
+
+
+def dataset_folder(name_or_path: Union[str, os.PathLike]) -> Path:
+    """The folder a dataset argument stands for: the developers' sets by name (`"sbir-mini"`,
+    `"sketchy-small"`, found by their `*_root()`), anything else as the path it is. One home for the names,
+    so every loader that takes `--dataset` accepts the same ones."""
+    name = os.fspath(name_or_path)
+    return _NAMED_ROOTS[name]() if name in _NAMED_ROOTS else Path(name)
+
+
 def _shared_dataset_root(name: str, env_var: str) -> Path:
     """The folder (holding `sketch/` and `photo/`) of a developers' data set: `$env_var`, else `shared/data/<name>`
     beside or one level above the current directory and this package's checkout."""
@@ -93,10 +107,8 @@ def load_sbir_dataset(
         from hf_sbir.data.embedded import load_embedded_default
 
         return load_embedded_default(split=split, gzs=gzs, on_error=on_error, **kwargs)
-    if name in ("sbir-mini", "sbir_mini"):
-        return load_sbir_folder(sbir_mini_root(), split=split, gzs=gzs, on_error=on_error, **kwargs)
-    if name in ("sketchy-small", "sketchy_small"):
-        return load_sbir_folder(sketchy_small_root(), split=split, gzs=gzs, on_error=on_error, **kwargs)
+    if name in _NAMED_ROOTS:
+        return load_sbir_folder(dataset_folder(name), split=split, gzs=gzs, on_error=on_error, **kwargs)
 
     path = Path(name).expanduser()
     if not path.is_dir():

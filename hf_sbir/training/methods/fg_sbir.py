@@ -320,14 +320,12 @@ class FGSBIRMethod(TrainingMethod):
         classes of `args.split`: train on the seen classes' pairs, test each unseen sketch against every unseen
         photo (`hf_sbir.data.fg_class_folders`). The train split goes through the leak guard, as the category-level
         methods' does: zero-shot means zero-shot."""
-        from hf_sbir.data import guard_training_set, sbir_mini_root, sketchy_small_root
+        from hf_sbir.data import guard_training_set
+        from hf_sbir.data.auto import dataset_folder
         from hf_sbir.data.fg_class_folders import load_fg_zero_shot
 
-        named = {"sketchy-small": sketchy_small_root, "sketchy_small": sketchy_small_root,
-                 "sbir-mini": sbir_mini_root, "sbir_mini": sbir_mini_root}
-        root = named[self.args.dataset]() if self.args.dataset in named else self.args.dataset
         data = load_fg_zero_shot(
-            root, self.args.split, on_unmatched=self.method_args.get("on_unmatched", "raise"), on_error=self.args.corrupt_images
+            dataset_folder(self.args.dataset), self.args.split, on_unmatched=self.method_args.get("on_unmatched", "raise"), on_error=self.args.corrupt_images
         )
         guard_training_set(data["train"], self.args.split, label_column="class")
         return data
