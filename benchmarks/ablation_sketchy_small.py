@@ -154,18 +154,22 @@ def run_trained(cfg, fg_test) -> dict:
     """Train (or reuse / resume) one variant; add the extra evaluations with the model the run exported."""
     from transformers import AutoModel
 
+    from hf_sbir.training.checkpointing import checkpoint_step
     from hf_sbir.training.trainer import list_checkpoints, train
 
     result_file = Path(cfg.output_dir) / "eval_after.json"
     metrics = _reuse(result_file, cfg)
     model = None
     if metrics is None:
-        cfg.resume = bool(list_checkpoints(cfg.output_dir))
+        checkpoints = list_checkpoints(cfg.output_dir)
+        cfg.resume = bool(checkpoints)
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         result = train(cfg)
         metrics = result.metrics_after
         metrics["train_seconds"] = time.perf_counter() - start
         metrics["train_cpu_seconds"] = _cpu_seconds() - cpu_start
+        if checkpoints:  # these times cover only the part after the checkpoint: the time table leaves them out
+            metrics["resumed_from_step"] = checkpoint_step(checkpoints[-1])
         model = result.model
         metrics = _save(result_file, cfg, metrics)
     if fg_test is not None and "fg" not in metrics:
@@ -433,15 +437,20 @@ def main(argv=None) -> dict:
             text += table(fg_rows, FG_KEYS) + "\n"
         text += "\nPer-class AP (mAP@all of each unseen class's sketches, textbook protocol, embedding; mean over seeds):\n\n"
         text += per_class_table(by_seed, args.seeds, args.variants) + "\n"
-        text += "\n| variant | runs | train wall (min) | train CPU (min) | extra evals wall (min) |\n|---|---|---|---|---|\n"
+        text += "\n| variant | runs timed | train wall (min) | train CPU (min) | extra evals wall (min) |\n|---|---|---|---|---|\n"
+        resumed = []
         for v in args.variants:
             runs = [by_seed[s][v] for s in args.seeds if v in by_seed.get(s, {})]
+            resumed += [f"{v} seed {s}" for s in args.seeds if "resumed_from_step" in by_seed.get(s, {}).get(v, {})]
+            runs = [run for run in runs if "resumed_from_step" not in run]
             cells = []
             for key in (("eval_seconds", "train_seconds"), ("eval_cpu_seconds", "train_cpu_seconds"), ("extra_eval_seconds",)):
                 xs = [m for run in runs for k in key if (m := _minutes(run, k)) is not None][: len(runs)]
                 cells.append(f"{statistics.mean(xs):.1f}" if xs else "–")
             text += f"| {v} | {len(runs)} | " + " | ".join(cells) + " |\n"
         text += "(untrained: evaluation time; wall time on a shared machine grows with its load, CPU time does not)\n"
+        if resumed:
+            text += f"(not timed: {', '.join(resumed)} resumed from a checkpoint, so their times cover only the rest)\n"
     mixed = _mixed_versions(results)
     if mixed:
         text += (

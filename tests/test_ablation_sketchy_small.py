@@ -150,6 +150,8 @@ def test_tables_show_both_protocols_per_class_ap_and_runs_still_missing(tmp_path
         ablation._save(Path(untrained.output_dir) / "eval.json", untrained, {**category(0.12, 0.13), "fg": fg}, untrained=True)
         run = {**category(textbook, sake), "backbone": category(0.2, 0.21), "fg": fg, "fg_backbone": fg,
                "train_seconds": 600.0, "train_cpu_seconds": 300.0}
+        if seed == 1:  # resumed at its last checkpoint: its times are the remainder's, not a run's
+            run.update(train_seconds=12.0, train_cpu_seconds=6.0, resumed_from_step=150)
         infonce = ablation.base_config(args, seed, "infonce", 150)
         ablation._save(Path(infonce.output_dir) / "eval_after.json", infonce, run)
     fg_sbir = ablation.base_config(args, 0, "fg_sbir", 150)
@@ -169,4 +171,5 @@ def test_tables_show_both_protocols_per_class_ap_and_runs_still_missing(tmp_path
     assert "| fg_sbir | 15.00 |" in textbook and "| fg_sbir | 16.00 |" in sake  # seed 0's embedding at category level
     assert "| fg_sbir | 5.00 ± 0.00 | 20.00 ± 0.00 |" in table  # its own (instance-level) score, both seeds
     assert "| bell | 12.0 | 31.0 | 15.0 |" in table and "| tree | 6.0 | 15.5 | 7.5 |" in table  # per-class AP
-    assert "| infonce | 2 | 10.0 | 5.0 |" in table  # wall and CPU minutes per run
+    assert "| infonce | 1 | 10.0 | 5.0 |" in table  # wall and CPU minutes of the one uninterrupted run
+    assert "not timed: infonce seed 1 resumed from a checkpoint" in table
