@@ -12,7 +12,10 @@ dimension near 70-90 (Levina-Bickel MLE over 10-20 neighbours, printed at the st
 graph and partition indexes. A model's embeddings are far flatter: the packaged model fine-tuned on
 sketchy-small gives ~15 on the 2,900 sketchy-small photos (``--compare-index`` prints it for any saved
 gallery index). ``--intrinsic-dim D`` spreads each cluster in its own random D-dimensional subspace
-instead (D=24 gives ~15.5), the stand-in for real embeddings.
+instead (D=24 gives ~15.5). ``--fit-to-index DIR`` draws the set from a real embedded gallery instead: a
+Gaussian mixture whose centres spread like its class means and whose rows spread around them like its
+rows around theirs (centres then share the directions real classes differ in; Gaussian noise still fills
+more directions than real photos do, ~45 against ~17 for the sketchy-small gallery).
 
 Per index: build time (train + add), size on disk (the saved file), resident memory after a plain
 load (and after the timed searches when memory-mapped), median latency of one query and of a
@@ -60,6 +63,36 @@ def clustered(count: int, dim: int, centres: torch.Tensor, spread: float, genera
         else:
             rank = bases.shape[1]
             noise = torch.bmm(torch.randn(n, 1, rank, generator=generator) * (spread / rank**0.5), bases[labels]).squeeze(1)
+        out[start : start + n] = F.normalize(centres[labels] + noise, dim=1)
+    return out
+
+
+def fitted_mixture(embeddings: torch.Tensor, labels: list[str], clusters: int, generator):
+    """(centres, within-class factor) of a Gaussian mixture fitted to a real labelled gallery: `clusters`
+    centres drawn from a Gaussian with the real class means' mean and covariance (so centres share the
+    directions real classes differ in, and similar classes sit close together), and one factor `L` with
+    `L.T @ L` the pooled within-class covariance (rows are `centre + z @ L`, z standard normal)."""
+    names = sorted(set(labels))
+    index = torch.tensor([names.index(label) for label in labels])
+    means = torch.stack([embeddings[index == c].mean(dim=0) for c in range(len(names))])
+    residual = embeddings - means[index]
+    # Centres: a random combination of the centred class means has exactly their sample covariance.
+    spread = means - means.mean(dim=0)
+    z = torch.randn(clusters, len(names), generator=generator) / (len(names) - 1) ** 0.5
+    centres = means.mean(dim=0) + z @ spread
+    within = residual.T @ residual / (embeddings.shape[0] - len(names))
+    values, vectors = torch.linalg.eigh(within.double())
+    factor = (vectors * values.clamp(min=0).sqrt()).T.float()  # (dim, dim): factor.T @ factor == within
+    return centres, factor
+
+
+def fitted_rows(count: int, centres: torch.Tensor, factor: torch.Tensor, generator, block: int = 100_000):
+    """L2-normalised rows of the fitted mixture, each cluster equally likely."""
+    out = torch.empty(count, centres.shape[1])
+    for start in range(0, count, block):
+        n = min(block, count - start)
+        labels = torch.randint(0, centres.shape[0], (n,), generator=generator)
+        noise = torch.randn(n, factor.shape[0], generator=generator) @ factor
         out[start : start + n] = F.normalize(centres[labels] + noise, dim=1)
     return out
 
@@ -130,6 +163,11 @@ def main(argv=None) -> None:
         "real embeddings' local intrinsic dimension, see the docstring)",
     )
     parser.add_argument("--compare-index", type=Path, default=None, help="a saved GalleryIndex: print its local intrinsic dimension")
+    parser.add_argument(
+        "--fit-to-index", type=Path, default=None,
+        help="a saved GalleryIndex with 'label' metadata (a real, embedded gallery): draw --clusters centres and "
+        "each cluster's noise from a Gaussian mixture fitted to its classes (--spread, --intrinsic-dim ignored)",
+    )
     parser.add_argument("--queries", type=int, default=500, help="queries for recall (latency uses the first ones)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument(
@@ -157,6 +195,8 @@ def main(argv=None) -> None:
     data_key = f"{args.size}x{args.dim}-c{args.clusters}-s{args.spread}-q{args.queries}"
     if args.intrinsic_dim:
         data_key += f"-id{args.intrinsic_dim}"
+    if args.fit_to_index:
+        data_key = f"{args.size}x{args.dim}-c{args.clusters}-fit-{args.fit_to_index.resolve().name}-q{args.queries}"
     cache = args.cache / data_key if args.cache else None
     start = time.perf_counter()
     if cache and (cache / "exact.npy").is_file():
@@ -170,13 +210,22 @@ def main(argv=None) -> None:
         made = f"loaded from {cache} in {time.perf_counter() - start:.0f} s"
     else:
         generator = torch.Generator().manual_seed(0)
-        centres = F.normalize(torch.randn(args.clusters, args.dim, generator=generator), dim=1)
-        bases = None
-        if args.intrinsic_dim:  # orthonormal rows: the noise keeps its expected norm in any subspace
-            bases = torch.linalg.qr(torch.randn(args.clusters, args.dim, args.intrinsic_dim, generator=generator)).Q.mT
-        gallery = clustered(args.size, args.dim, centres, args.spread, generator, bases=bases)
-        queries = clustered(args.queries, args.dim, centres, args.spread, generator, bases=bases)
-        del bases
+        if args.fit_to_index:
+            real = GalleryIndex.load(args.fit_to_index)
+            labels = [row.get("label") for row in real.metadata]
+            if None in labels:
+                raise SystemExit(f"--fit-to-index {args.fit_to_index}: every row needs a 'label' (build it from class folders)")
+            centres, factor = fitted_mixture(torch.as_tensor(real.embeddings), labels, args.clusters, generator)
+            gallery = fitted_rows(args.size, centres, factor, generator)
+            queries = fitted_rows(args.queries, centres, factor, generator)
+        else:
+            centres = F.normalize(torch.randn(args.clusters, args.dim, generator=generator), dim=1)
+            bases = None
+            if args.intrinsic_dim:  # orthonormal rows: the noise keeps its expected norm in any subspace
+                bases = torch.linalg.qr(torch.randn(args.clusters, args.dim, args.intrinsic_dim, generator=generator)).Q.mT
+            gallery = clustered(args.size, args.dim, centres, args.spread, generator, bases=bases)
+            queries = clustered(args.queries, args.dim, centres, args.spread, generator, bases=bases)
+            del bases
         made = f"generated in {time.perf_counter() - start:.0f} s"
         exact = None
     print(
@@ -185,8 +234,10 @@ def main(argv=None) -> None:
         f"({torch.get_num_threads()} threads), faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)"
     )
     print(
-        f"gallery {args.size:,} x {args.dim} ({args.clusters} clusters, spread {args.spread}, noise in "
-        f"{args.intrinsic_dim or args.dim} dimensions a cluster; local intrinsic dimension "
+        f"gallery {args.size:,} x {args.dim} ({args.clusters} clusters, "
+        + (f"a mixture fitted to {args.fit_to_index}" if args.fit_to_index else
+           f"spread {args.spread}, noise in {args.intrinsic_dim or args.dim} dimensions a cluster")
+        + "; local intrinsic dimension "
         f"{local_intrinsic_dimension(gallery):.1f} at k=10), "
         f"{args.queries} queries, top-10; {made}; medians, times in ms\n"
     )

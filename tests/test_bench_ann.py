@@ -37,3 +37,29 @@ def test_intrinsic_dim_keeps_each_clusters_noise_in_its_own_subspace_and_the_est
     # The Levina-Bickel estimate reads a few dimensions for the flat set and many for the full-rank one.
     flat_id, full_id = bench.local_intrinsic_dimension(flat), bench.local_intrinsic_dimension(full)
     assert flat_id < 2 * rank < full_id
+
+
+def test_fit_to_index_draws_clusters_with_the_real_galleries_between_and_within_class_covariance():
+    """`--fit-to-index`: the synthetic set is a Gaussian mixture whose centres spread like the real class means
+    and whose rows spread around them like the real rows around theirs (BENCHMARKS.md's fitted 1M set)."""
+    bench = _bench_ann()
+    generator = torch.Generator().manual_seed(0)
+    dim, classes, per_class = 16, 12, 200
+    # A "real" labelled gallery: class means along 3 directions, within-class scatter along 2 others.
+    means = torch.zeros(classes, dim)
+    means[:, :3] = torch.randn(classes, 3, generator=generator)
+    scatter = torch.zeros(classes * per_class, dim)
+    scatter[:, 3:5] = 0.1 * torch.randn(classes * per_class, 2, generator=generator)
+    labels = [f"class{c}" for c in range(classes) for _ in range(per_class)]
+    real = means.repeat_interleave(per_class, dim=0) + scatter
+    centres, factor = bench.fitted_mixture(real, labels, 5000, generator)
+    # Centres: the real class means' covariance (up to sampling noise), nothing outside the directions the
+    # data spans (the class means' own scatter part reaches the 2 scatter directions, nothing more).
+    between = torch.cov(means.T)
+    assert torch.allclose(torch.cov(centres.T), between, atol=0.15 * between.abs().max())
+    assert centres[:, 5:].abs().max() < 1e-5
+    # Within a cluster: the pooled within-class covariance, factor.T @ factor.
+    within = torch.cov(scatter.T) * (len(scatter) - 1) / (len(scatter) - classes)
+    assert torch.allclose(factor.T @ factor, within, atol=1e-4)
+    rows = bench.fitted_rows(1000, centres, factor, generator)
+    assert rows.shape == (1000, dim) and torch.allclose(rows.norm(dim=1), torch.ones(1000), atol=1e-5)
