@@ -344,7 +344,7 @@ class FGSBIRMethod(TrainingMethod):
         self.transform = transform
         self.config = _unwrap(model).config
         train = data["train"]
-        domains, pair_ids = train["domain"], train["pair_id"]
+        domains = train["domain"]
         self.sketches = train.select([i for i, d in enumerate(domains) if d == "sketch"])
         self.photos = train.select([i for i, d in enumerate(domains) if d == "photo"])
         self.photo_of = {pid: j for j, pid in enumerate(self.photos["pair_id"])}
