@@ -196,6 +196,8 @@ def main(argv=None) -> None:
     if args.intrinsic_dim:
         data_key += f"-id{args.intrinsic_dim}"
     if args.fit_to_index:
+        real = GalleryIndex.load(args.fit_to_index)
+        args.dim = int(real.embeddings.shape[1])  # the fitted rows have the real gallery's width
         data_key = f"{args.size}x{args.dim}-c{args.clusters}-fit-{args.fit_to_index.resolve().name}-q{args.queries}"
     cache = args.cache / data_key if args.cache else None
     start = time.perf_counter()
@@ -211,7 +213,6 @@ def main(argv=None) -> None:
     else:
         generator = torch.Generator().manual_seed(0)
         if args.fit_to_index:
-            real = GalleryIndex.load(args.fit_to_index)
             labels = [row.get("label") for row in real.metadata]
             if None in labels:
                 raise SystemExit(f"--fit-to-index {args.fit_to_index}: every row needs a 'label' (build it from class folders)")

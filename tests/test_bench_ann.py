@@ -63,3 +63,26 @@ def test_fit_to_index_draws_clusters_with_the_real_galleries_between_and_within_
     assert torch.allclose(factor.T @ factor, within, atol=1e-4)
     rows = bench.fitted_rows(1000, centres, factor, generator)
     assert rows.shape == (1000, dim) and torch.allclose(rows.norm(dim=1), torch.ones(1000), atol=1e-5)
+
+
+def test_fit_to_index_runs_on_a_saved_gallery_of_any_width_and_refuses_one_without_labels(tmp_path, capsys):
+    """The command BENCHMARKS.md prints, on a small saved gallery: the fitted set takes the gallery's width
+    (here 24-d, not the default 512) and exact search scores recall 1.0 against itself; a gallery without
+    labels is refused in one line that says what it needs."""
+    import pytest
+
+    from hf_sbir.retrieval import GalleryIndex
+
+    bench = _bench_ann()
+    generator = torch.Generator().manual_seed(0)
+    means = torch.randn(6, 24, generator=generator).repeat_interleave(20, dim=0)
+    rows = means + 0.3 * torch.randn(120, 24, generator=generator)
+    GalleryIndex(rows, [{"label": f"c{i // 20}"} for i in range(120)]).save(tmp_path / "real")
+    bench.main(["--size", "500", "--clusters", "12", "--fit-to-index", str(tmp_path / "real"), "--indexes", "torch",
+                "--queries", "20", "--repeats", "1"])
+    printed = capsys.readouterr().out
+    assert "gallery 500 x 24 (12 clusters, a mixture fitted to" in printed
+    assert "| torch | - | 0.0 | 0 | 0 |" in printed and printed.rstrip().endswith("| 1.000 |")
+    GalleryIndex(rows).save(tmp_path / "unlabelled")
+    with pytest.raises(SystemExit, match="every row needs a 'label'"):
+        bench.main(["--size", "500", "--fit-to-index", str(tmp_path / "unlabelled"), "--indexes", "torch"])
