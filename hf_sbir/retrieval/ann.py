@@ -43,6 +43,14 @@ def _faiss():
     return faiss
 
 
+def default_ef_search(count: int) -> int:
+    """HNSW's default candidate list for a gallery of ``count`` rows (see `AnnConfig.ef_search`): 96 up
+    to 100k rows, then 8x per 10x rows, through the two sizes where it was measured."""
+    if count <= 100_000:
+        return 96
+    return int(round(96 * 8 ** math.log10(count / 100_000)))
+
+
 @dataclass
 class AnnConfig:
     """Build and search parameters of an approximate index. ``None`` means "derive from the gallery size".
@@ -54,8 +62,8 @@ class AnnConfig:
             recall@10 0.954, while HNSW held 0.991 at 100k in under a millisecond (BENCHMARKS.md); it
             builds slowest (a one-off the CLI and the Space cache). At 1M rows in 10,000 random,
             equidistant clusters (the benchmark's worst case) the default graph reaches only 0.56-0.72 at
-            the default ``ef_search`` and a cheaper one (m=16, ef_construction=20) 0.12; on 1M rows fitted
-            to a real gallery's class structure it reaches 0.75 (0.88 at ``ef_search`` 256), so check
+            ``ef_search`` 96 and a cheaper one (m=16, ef_construction=20) 0.12; on 1M rows fitted to a real
+            gallery's class structure 96 reaches 0.75 and the size-dependent default (768) 0.959, so check
             `recall_at_k` on your own embeddings before relying on a large gallery, and raise
             ``ef_search`` / ``ef_construction`` rather than lowering them.
         nlist: IVF cells. Default ``2 * sqrt(N)`` (the low end of faiss' 1-16 x sqrt(N) advice: k-means
@@ -70,7 +78,11 @@ class AnnConfig:
             100k set): measure on your own embeddings (`recall_at_k`) and lower it.
         m: HNSW links per node (faiss ``M``); more = better recall, more RAM (``8 * M`` bytes a vector).
         ef_construction: HNSW candidate list while building; more = better graph, slower build.
-        ef_search: HNSW candidate list per query (raised to ``k`` if smaller).
+        ef_search: HNSW candidate list per query (raised to ``k`` if smaller). Default 96 up to 100k
+            rows, then 8 times more per 10 times more rows (768 at 1M): the values measured to keep
+            recall@10 >= 0.95 on the benchmark set fitted to real embeddings at those two sizes (0.950 at
+            100k in ~1 ms, 0.959 at 1M in ~11 ms; 96 gave only 0.747 at 1M; BENCHMARKS.md). Past 1M it
+            is an extrapolation: measure with `recall_at_k`.
         pq_bytes: IVF-PQ bytes per vector (sub-quantisers of 8 bits). Default: the largest divisor
             of ``dim`` that is at most ``dim / 8`` (64 bytes for 512-d, i.e. 32x smaller than float32).
         pq_nbits: bits per PQ sub-quantiser code. Default 8, fewer when the training sample is
@@ -93,7 +105,7 @@ class AnnConfig:
     nprobe: int | None = None
     m: int = 32
     ef_construction: int = 40
-    ef_search: int = 96
+    ef_search: int | None = None
     pq_bytes: int | None = None
     pq_nbits: int | None = None
     rerank: int = 10
@@ -104,11 +116,11 @@ class AnnConfig:
     def __post_init__(self):
         if self.kind not in ANN_KINDS:
             raise ValueError(f"ANN kind must be one of {list(ANN_KINDS)}, got {self.kind!r}")
-        for name in ("nlist", "nprobe", "pq_bytes", "pq_nbits", "train_size"):
+        for name in ("nlist", "nprobe", "ef_search", "pq_bytes", "pq_nbits", "train_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"AnnConfig.{name} must be a positive integer or None, got {value!r}")
-        for name in ("m", "ef_construction", "ef_search", "rerank", "kmeans_iters"):
+        for name in ("m", "ef_construction", "rerank", "kmeans_iters"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AnnConfig.{name} must be a positive integer, got {value!r}")
@@ -124,8 +136,11 @@ class AnnConfig:
         if self.kind == "ivf_pq" and dim % pq_bytes:
             raise ValueError(f"pq_bytes={pq_bytes} must divide the embedding dim {dim}")
         train_size = min(count, self.train_size or 256 * nlist)
+        ef_search = self.ef_search or default_ef_search(count)
         pq_nbits = self.pq_nbits or max(1, min(8, int(math.log2(max(2, train_size // 39)))))
-        return replace(self, nlist=nlist, nprobe=nprobe, pq_bytes=pq_bytes, pq_nbits=pq_nbits, train_size=train_size)
+        return replace(
+            self, nlist=nlist, nprobe=nprobe, ef_search=ef_search, pq_bytes=pq_bytes, pq_nbits=pq_nbits, train_size=train_size
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -169,7 +169,7 @@ class VectorDBGallery:
         """Cosine top-k: ``(scores (Q, k), indices (Q, k))``, best first, as `GalleryIndex.search`.
 
         ``search_params``: Milvus search parameters, e.g. ``{"ef": 128}`` (HNSW; default the `AnnConfig`
-        ``ef_search``) or ``{"nprobe": 32}``.
+        ``ef_search`` for the collection's size) or ``{"nprobe": 32}``.
         Slots Milvus could not fill have index -1 and score ``-inf``.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -181,7 +181,9 @@ class VectorDBGallery:
             raise ValueError(f"queries must be (Q, {self.dim}) to match the gallery dim; got {tuple(queries.shape)}")
         if normalize_queries:
             queries = F.normalize(queries, dim=1)
-        params = {"ef": max(AnnConfig.ef_search, k), **(search_params or {})}
+        params = dict(search_params or {})
+        if "ef" not in params:  # the faiss HNSW default for this many rows (ignored by IVF indexes)
+            params["ef"] = max(AnnConfig().resolved(len(self), self.dim).ef_search, k)
         hits = self.client.search(
             self.collection, data=np.ascontiguousarray(queries.numpy()), limit=k, anns_field=_VECTOR,
             output_fields=["id"], search_params={"metric_type": "IP", "params": params},
