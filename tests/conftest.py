@@ -1,4 +1,6 @@
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 SBIR_MINI = SHARED / "data" / "sbir-mini"
+
+
+def benchmark_module(name: str):
+    """Import ``benchmarks/<name>.py`` as a module. Its folder is on ``sys.path`` only while it imports, as
+    when the script runs (the scripts import their sibling ``_machine``), and is not left there for other tests."""
+    folder = str(REPO_ROOT / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
 
 
 def tiny_vit_config(**overrides):

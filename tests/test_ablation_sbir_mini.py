@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import benchmark_module
+
 from hf_sbir.data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,15 +76,6 @@ def test_reproduction_command_runs_at_two_iterations(tmp_path):
     assert sorted(config["anchor_class_names"]) == sorted(split.train_classes)
 
 
-def _ablation_module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import ablation_sbir_mini
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return ablation_sbir_mini
-
-
 def _finish_runs_without_training(ablation, argv):
     """Result files as a finished run writes them (seed 0, untrained + infonce), with made-up metrics."""
     args = ablation.parse_args(argv)
@@ -93,7 +86,7 @@ def _finish_runs_without_training(ablation, argv):
 
 
 def test_finished_runs_are_reused_with_the_same_settings(tmp_path):
-    ablation = _ablation_module()
+    ablation = benchmark_module("ablation_sbir_mini")
     argv = ["--seeds", "0", "--variants", "untrained", "infonce", "--output_dir", str(tmp_path)]
     _finish_runs_without_training(ablation, argv)
     summary = ablation.main(argv)  # nothing to train: both runs are finished
@@ -102,7 +95,7 @@ def test_finished_runs_are_reused_with_the_same_settings(tmp_path):
 
 
 def test_a_finished_run_with_other_settings_is_refused_not_reported(tmp_path):
-    ablation = _ablation_module()
+    ablation = benchmark_module("ablation_sbir_mini")
     _finish_runs_without_training(ablation, ["--seeds", "0", "--output_dir", str(tmp_path)])
     # The untrained score does not depend on the iterations, so only the trained run is refused.
     with pytest.raises(SystemExit, match=r"infonce holds a finished run made with other settings \(iterations: 150 -> 600"):
@@ -113,7 +106,7 @@ def test_a_finished_run_with_other_settings_is_refused_not_reported(tmp_path):
 
 def test_a_run_made_before_a_setting_existed_is_reused_only_at_that_settings_default(tmp_path):
     # Runs written before TrainConfig grew `peft_r` lack it; with PEFT off it cannot have changed them.
-    ablation = _ablation_module()
+    ablation = benchmark_module("ablation_sbir_mini")
     argv = ["--seeds", "0", "--variants", "infonce", "--output_dir", str(tmp_path)]
     _finish_runs_without_training(ablation, argv)
     result_file = next(tmp_path.rglob("infonce/*.json"))
@@ -128,7 +121,7 @@ def test_a_run_made_before_a_setting_existed_is_reused_only_at_that_settings_def
 
 
 def test_preprocessing_study_leaves_the_recorded_settings_alone(tmp_path, monkeypatch):
-    ablation = _ablation_module()
+    ablation = benchmark_module("ablation_sbir_mini")
     argv = ["--seeds", "0", "--variants", "untrained", "--study_preprocessing", "--output_dir", str(tmp_path)]
     _finish_runs_without_training(ablation, argv)
     studied = []
@@ -145,7 +138,7 @@ def test_preprocessing_study_leaves_the_recorded_settings_alone(tmp_path, monkey
 
 
 def test_both_protocols_are_recorded_and_tabled(tmp_path):
-    ablation = _ablation_module()
+    ablation = benchmark_module("ablation_sbir_mini")
     assert ablation.PROTOCOLS == ("textbook", "sake")
     from hf_sbir.retrieval.evaluation import TRAINING_PROTOCOLS
 
@@ -165,7 +158,7 @@ def test_both_protocols_are_recorded_and_tabled(tmp_path):
 
 
 def test_runs_recorded_before_sake_show_a_dash_until_rescored(tmp_path, monkeypatch):
-    ablation = _ablation_module()
+    ablation = benchmark_module("ablation_sbir_mini")
     argv = ["--seeds", "0", "--variants", "untrained", "infonce", "--output_dir", str(tmp_path)]
     _finish_runs_without_training(ablation, argv)  # old format: textbook metrics only
     ablation.main(argv)

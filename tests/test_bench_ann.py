@@ -1,26 +1,13 @@
 """The ANN benchmark's data knobs (benchmarks/bench_ann.py): what BENCHMARKS.md says `--intrinsic-dim` does and
 what the printed local intrinsic dimension measures."""
 
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench_ann():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_ann
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return bench_ann
+from conftest import benchmark_module
 
 
 def test_intrinsic_dim_keeps_each_clusters_noise_in_its_own_subspace_and_the_estimate_sees_it():
-    bench = _bench_ann()
+    bench = benchmark_module("bench_ann")
     generator = torch.Generator().manual_seed(0)
     dim, clusters, rank = 128, 4, 6
     centres = F.normalize(torch.randn(clusters, dim, generator=generator), dim=1)
@@ -42,7 +29,7 @@ def test_intrinsic_dim_keeps_each_clusters_noise_in_its_own_subspace_and_the_est
 def test_fit_to_index_draws_clusters_with_the_real_galleries_between_and_within_class_covariance():
     """`--fit-to-index`: the synthetic set is a Gaussian mixture whose centres spread like the real class means
     and whose rows spread around them like the real rows around theirs (BENCHMARKS.md's fitted 1M set)."""
-    bench = _bench_ann()
+    bench = benchmark_module("bench_ann")
     generator = torch.Generator().manual_seed(0)
     dim, classes, per_class = 16, 12, 200
     # A "real" labelled gallery: class means along 3 directions, within-class scatter along 2 others.
@@ -73,7 +60,7 @@ def test_fit_to_index_runs_on_a_saved_gallery_of_any_width_and_refuses_one_witho
 
     from hf_sbir.retrieval import GalleryIndex
 
-    bench = _bench_ann()
+    bench = benchmark_module("bench_ann")
     generator = torch.Generator().manual_seed(0)
     means = torch.randn(6, 24, generator=generator).repeat_interleave(20, dim=0)
     rows = means + 0.3 * torch.randn(120, 24, generator=generator)
