@@ -68,3 +68,27 @@ def test_bad_uses_are_named(db, gallery, tmp_path):
     with pytest.raises(ValueError, match="has no collection 'other'"):
         VectorDBGallery.from_gallery(gallery, str(tmp_path / "x.db"), collection="first").close()
         VectorDBGallery(str(tmp_path / "x.db"), collection="other")
+
+
+def test_default_search_ef_follows_the_collection_size_without_a_stats_call_per_search(gallery, tmp_path, monkeypatch):
+    """Without `search_params` the Milvus `ef` is faiss HNSW's size-dependent default (`AnnConfig.ef_search`),
+    for the size after this client's last `add`; the row count behind it is read once, not on every search
+    (on milvus-lite the stats call costs about as much as a small search)."""
+    from hf_sbir.retrieval import ann
+
+    monkeypatch.setattr(ann, "default_ef_search", lambda count: count + 7)  # a stand-in that shows the count used
+    uri = str(tmp_path / "ef.db")
+    VectorDBGallery.from_gallery(GalleryIndex(gallery.embeddings[:100], normalize=False), uri).close()
+    db = VectorDBGallery(uri)
+    sent, stats = [], []
+    search, get_stats = db.client.search, db.client.get_collection_stats
+    monkeypatch.setattr(db.client, "search", lambda *a, **kw: sent.append(kw["search_params"]["params"]) or search(*a, **kw))
+    monkeypatch.setattr(db.client, "get_collection_stats", lambda *a, **kw: stats.append(1) or get_stats(*a, **kw))
+    db.search(gallery.embeddings[:2], k=3)
+    db.search(gallery.embeddings[:2], k=3)
+    assert [p["ef"] for p in sent] == [107, 107] and len(stats) == 1
+    db.add(gallery.embeddings[100:150])
+    db.search(gallery.embeddings[:2], k=3, search_params={"nprobe": 4})  # ef still the default beside nprobe
+    db.search(gallery.embeddings[:2], k=3, search_params={"ef": 64})  # an explicit ef wins
+    assert [p.get("ef") for p in sent[2:]] == [157, 64] and sent[2]["nprobe"] == 4
+    db.close()

@@ -80,6 +80,9 @@ class VectorDBGallery:
             raise ValueError(f"collection {collection!r} was not written by hf-sbir (fields: {sorted(fields)})")
         self.dim = int(fields[_VECTOR]["params"]["dim"])
         self.model_name_or_path = (description.get("properties") or {}).get(_MODEL_PROPERTY) or None
+        # The default search `ef` depends on the row count, which costs the engine a stats call (about as
+        # long as a small search on milvus-lite): computed once, again after this client's `add`.
+        self._default_ef: int | None = None
 
     def __repr__(self) -> str:
         return f"VectorDBGallery(uri={self.uri!r}, collection={self.collection!r}, count={len(self)}, dim={self.dim})"
@@ -156,6 +159,7 @@ class VectorDBGallery:
             ]
             self.client.insert(self.collection, rows)
         self.client.flush(self.collection)
+        self._default_ef = None
 
     # ----------------------------------------------------------------------------- search
     def search(
@@ -169,7 +173,8 @@ class VectorDBGallery:
         """Cosine top-k: ``(scores (Q, k), indices (Q, k))``, best first, as `GalleryIndex.search`.
 
         ``search_params``: Milvus search parameters, e.g. ``{"ef": 128}`` (HNSW; default the `AnnConfig`
-        ``ef_search`` for the collection's size) or ``{"nprobe": 32}``.
+        ``ef_search`` for the collection's size when this client opened it or last added to it) or
+        ``{"nprobe": 32}``.
         Slots Milvus could not fill have index -1 and score ``-inf``.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -183,7 +188,9 @@ class VectorDBGallery:
             queries = F.normalize(queries, dim=1)
         params = dict(search_params or {})
         if "ef" not in params:  # the faiss HNSW default for this many rows (ignored by IVF indexes)
-            params["ef"] = max(AnnConfig().resolved(len(self), self.dim).ef_search, k)
+            if self._default_ef is None:
+                self._default_ef = AnnConfig().resolved(len(self), self.dim).ef_search
+            params["ef"] = max(self._default_ef, k)
         hits = self.client.search(
             self.collection, data=np.ascontiguousarray(queries.numpy()), limit=k, anns_field=_VECTOR,
             output_fields=["id"], search_params={"metric_type": "IP", "params": params},
