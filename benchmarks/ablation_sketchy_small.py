@@ -440,9 +440,9 @@ def main(argv=None) -> dict:
         text += "\n| variant | runs timed | train wall (min) | train CPU (min) | extra evals wall (min) |\n|---|---|---|---|---|\n"
         resumed = []
         for v in args.variants:
-            runs = [by_seed[s][v] for s in args.seeds if v in by_seed.get(s, {})]
-            resumed += [f"{v} seed {s}" for s in args.seeds if "resumed_from_step" in by_seed.get(s, {}).get(v, {})]
-            runs = [run for run in runs if "resumed_from_step" not in run]
+            done = {s: by_seed[s][v] for s in args.seeds if v in by_seed.get(s, {})}
+            resumed += [f"{v} seed {s}" for s, run in done.items() if "resumed_from_step" in run]
+            runs = [run for run in done.values() if "resumed_from_step" not in run]
             cells = []
             for key in (("eval_seconds", "train_seconds"), ("eval_cpu_seconds", "train_cpu_seconds"), ("extra_eval_seconds",)):
                 xs = [m for run in runs for k in key if (m := _minutes(run, k)) is not None][: len(runs)]

@@ -325,7 +325,8 @@ class FGSBIRMethod(TrainingMethod):
         from hf_sbir.data.fg_class_folders import load_fg_zero_shot
 
         data = load_fg_zero_shot(
-            dataset_folder(self.args.dataset), self.args.split, on_unmatched=self.method_args.get("on_unmatched", "raise"), on_error=self.args.corrupt_images
+            dataset_folder(self.args.dataset), self.args.split,
+            on_unmatched=self.method_args.get("on_unmatched", "raise"), on_error=self.args.corrupt_images,
         )
         guard_training_set(data["train"], self.args.split, label_column="class")
         return data
