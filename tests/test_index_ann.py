@@ -139,6 +139,18 @@ def test_hnsw_candidate_list_grows_with_the_gallery_past_100k(tmp_path, data):
     assert AnnIndex.load(saved).config.ef_search == 96
 
 
+def test_a_denser_graph_is_built_as_asked_and_reloads_with_its_parameters(tmp_path, data):
+    """The README's denser graph (`m=48, ef_construction=80`, measured at 1M in BENCHMARKS.md) is what faiss
+    builds, and a saved gallery index reloads it with those parameters."""
+    gallery, _, _ = data
+    index = GalleryIndex(gallery[:2_000], normalize=False)
+    ann = index.build_ann("hnsw", m=48, ef_construction=80)
+    assert ann.index.hnsw.nb_neighbors(1) == 48 and ann.index.hnsw.efConstruction == 80
+    index.save(tmp_path / "gallery")
+    again = GalleryIndex.load(tmp_path / "gallery").ann
+    assert (again.config.m, again.config.ef_construction, again.index.hnsw.nb_neighbors(1)) == (48, 80, 48)
+
+
 def test_bad_parameters_are_named():
     with pytest.raises(ValueError, match="ANN kind must be one of"):
         AnnConfig(kind="annoy")
