@@ -49,12 +49,13 @@ import torch.nn.functional as F
 from _machine import cpu_model, median_ms  # benchmarks/ is on sys.path when a script runs
 
 
-def clustered(count: int, dim: int, centres: torch.Tensor, spread: float, generator, block: int = 100_000, bases=None):
+def clustered(count: int, dim: int, centres: torch.Tensor, spread: float, generator, block: int = 100_000, bases=None, out=None):
     """Rows around random centres; with `bases` (clusters, D, dim), each cluster's noise lies in its own
-    D-dimensional subspace (the same expected norm, `spread`)."""
+    D-dimensional subspace (the same expected norm, `spread`). `out`: a (count, dim) tensor to fill (e.g. a
+    memory-mapped file, for galleries larger than RAM)."""
     if bases is not None:
         block = min(block, 10_000)  # the gathered bases: block x D x dim floats
-    out = torch.empty(count, dim)
+    out = torch.empty(count, dim) if out is None else out
     for start in range(0, count, block):
         n = min(block, count - start)
         labels = torch.randint(0, centres.shape[0], (n,), generator=generator)
@@ -86,9 +87,9 @@ def fitted_mixture(embeddings: torch.Tensor, labels: list[str], clusters: int, g
     return centres, factor
 
 
-def fitted_rows(count: int, centres: torch.Tensor, factor: torch.Tensor, generator, block: int = 100_000):
-    """L2-normalised rows of the fitted mixture, each cluster equally likely."""
-    out = torch.empty(count, centres.shape[1])
+def fitted_rows(count: int, centres: torch.Tensor, factor: torch.Tensor, generator, block: int = 100_000, out=None):
+    """L2-normalised rows of the fitted mixture, each cluster equally likely (`out` as in `clustered`)."""
+    out = torch.empty(count, centres.shape[1]) if out is None else out
     for start in range(0, count, block):
         n = min(block, count - start)
         labels = torch.randint(0, centres.shape[0], (n,), generator=generator)
@@ -183,6 +184,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ef-search", type=int, default=None, help="override AnnConfig.ef_search (the default row)")
     parser.add_argument("--nprobe", type=int, default=None, help="override AnnConfig.nprobe (the default row)")
     parser.add_argument("--nlist", type=int, default=None, help="override AnnConfig.nlist")
+    parser.add_argument("--pca-dim", type=int, default=None, help="AnnConfig.pca_dim of the faiss indexes (default: full width)")
+    parser.add_argument("--rerank", type=int, default=None, help="override AnnConfig.rerank (IVF-PQ and --pca-dim)")
     parser.add_argument("--no-mmap", action="store_true", help="skip the memory-mapped reload of each index")
     parser.add_argument("--cache", type=Path, default=None, help="keep data, ground truth and built indexes here")
     args = parser.parse_args(argv)
@@ -212,19 +215,24 @@ def main(argv=None) -> None:
         made = f"loaded from {cache} in {time.perf_counter() - start:.0f} s"
     else:
         generator = torch.Generator().manual_seed(0)
+        out = None
+        if cache:  # rows go straight to the cached file: a 10M x 512 gallery (20 GB) is larger than RAM
+            cache.mkdir(parents=True, exist_ok=True)
+            mapped = np.lib.format.open_memmap(cache / "gallery.npy", mode="w+", dtype=np.float32, shape=(args.size, args.dim))
+            out = torch.from_numpy(mapped)
         if args.fit_to_index:
             labels = [row.get("label") for row in real.metadata]
             if None in labels:
                 raise SystemExit(f"--fit-to-index {args.fit_to_index}: every row needs a 'label' (build it from class folders)")
             centres, factor = fitted_mixture(torch.as_tensor(real.embeddings), labels, args.clusters, generator)
-            gallery = fitted_rows(args.size, centres, factor, generator)
+            gallery = fitted_rows(args.size, centres, factor, generator, out=out)
             queries = fitted_rows(args.queries, centres, factor, generator)
         else:
             centres = F.normalize(torch.randn(args.clusters, args.dim, generator=generator), dim=1)
             bases = None
             if args.intrinsic_dim:  # orthonormal rows: the noise keeps its expected norm in any subspace
                 bases = torch.linalg.qr(torch.randn(args.clusters, args.dim, args.intrinsic_dim, generator=generator)).Q.mT
-            gallery = clustered(args.size, args.dim, centres, args.spread, generator, bases=bases)
+            gallery = clustered(args.size, args.dim, centres, args.spread, generator, bases=bases, out=out)
             queries = clustered(args.queries, args.dim, centres, args.spread, generator, bases=bases)
             del bases
         made = f"generated in {time.perf_counter() - start:.0f} s"
@@ -253,8 +261,7 @@ def main(argv=None) -> None:
         _, exact = _search_torch(gallery, queries, 10, None)
         print(f"exact ground truth for {args.queries} queries: {time.perf_counter() - start:.1f} s\n", flush=True)
         if cache:
-            cache.mkdir(parents=True, exist_ok=True)
-            np.save(cache / "gallery.npy", gallery.numpy())
+            mapped.flush()  # the gallery was written in place
             np.save(cache / "queries.npy", queries.numpy())
             np.save(cache / "exact.npy", exact.numpy())  # last: its presence means the set is complete
 
@@ -289,10 +296,16 @@ def main(argv=None) -> None:
                 overrides["nprobe"] = args.nprobe
             if name != "hnsw" and args.nlist:
                 overrides["nlist"] = args.nlist
+            if args.pca_dim:
+                overrides["pca_dim"] = args.pca_dim
+            if args.rerank:
+                overrides["rerank"] = args.rerank
             config = AnnConfig(kind=name, **overrides).resolved(args.size, args.dim)
             # The cached file is keyed by what shapes the built index (search-time parameters excluded).
             shaping = ("m", "ef_construction") if name == "hnsw" else ("nlist", "train_size", "kmeans_iters", "seed")
             shaping += ("pq_bytes", "pq_nbits") if name == "ivf_pq" else ()
+            if config.pca_dim:  # the projection learns from a sample (IVF's shaping names it already)
+                shaping += ("pca_dim",) + (("train_size", "seed") if name == "hnsw" else ())
             stem = name + "".join(f"-{k}{getattr(config, k)}" for k in shaping)
             path = (cache or tmp) / f"{stem}.faiss"
             timing = path.with_suffix(".build.json")
@@ -313,7 +326,7 @@ def main(argv=None) -> None:
                 base = rss_mb()
                 ann = AnnIndex.load(path, mmap=mmap)
                 # Search-time overrides apply to a cached index too (its .json holds the build's config).
-                ann.config = replace(ann.config, nprobe=config.nprobe, ef_search=config.ef_search)
+                ann.config = replace(ann.config, nprobe=config.nprobe, ef_search=config.ef_search, rerank=config.rerank)
                 loaded = rss_mb() - base
                 search = lambda q: ann.search(q, 10, gallery=gallery)  # noqa: E731
                 one, batch = latency(search, queries, args.repeats)
@@ -323,8 +336,10 @@ def main(argv=None) -> None:
                     f"M={config.m}, efC={config.ef_construction}, efSearch={config.ef_search}"
                     if name == "hnsw"
                     else f"nlist={config.nlist}, nprobe={config.nprobe}"
-                    + (f", {config.pq_bytes} B x {config.pq_nbits} bit, rerank {config.rerank}x" if name == "ivf_pq" else "")
-                )
+                    + (f", {config.pq_bytes} B x {config.pq_nbits} bit" if name == "ivf_pq" else "")
+                ) + (f", PCA {config.pca_dim}" if config.pca_dim else "")
+                if name == "ivf_pq" or config.pca_dim:
+                    params += f", rerank {config.rerank}x"
                 resident = f"{loaded:.0f} load / {rss_mb() - base:.0f} after search" if mmap else loaded
                 rows.append((label, params, build, disk, resident, one, batch, recall_at_k(found, exact)))
                 if not mmap:

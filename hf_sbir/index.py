@@ -229,6 +229,7 @@ def build(args, add: bool = False) -> int:
         )
     if args.shard_size < 1 or args.batch_size < 1:
         raise IndexCLIError("--shard_size and --batch_size must be positive")
+    ann_params = _ann_params(args.ann_param, args.ann)  # checked before any photo is embedded
 
     images, metadata = _gallery_items(args.gallery)
     if existing is not None:
@@ -261,12 +262,21 @@ def build(args, add: bool = False) -> int:
     name = existing.model_name_or_path if existing is not None else _model_id(str(args.model))
     index = GalleryIndex(embeddings, metadata, name, normalize=False)
     ann = args.ann
-    if ann == "auto":
-        ann = (existing.ann.kind if existing is not None and existing.ann is not None else
-               (AnnConfig().kind if len(index) >= ANN_MIN_GALLERY else "none"))
+    if ann == "auto" and existing is not None and existing.ann is not None:
+        # Rebuilt as it was built (kind, graph, projection); the size-derived values are derived anew.
+        ann = existing.ann.kind
+        ann_params = {**_shaping_params(existing.ann.config), **ann_params}
+    elif ann == "auto":
+        ann = AnnConfig().kind if len(index) >= ANN_MIN_GALLERY else "none"
     if ann != "none":
         print(f"building the approximate index ({ann}) over {len(index)} photos", file=sys.stderr)
-        index.build_ann(ann)
+        try:
+            index.build_ann(ann, **ann_params)
+        except ValueError as error:  # e.g. pca_dim >= the model's width: only known once embedded
+            raise IndexCLIError(
+                f"--ann_param: {error}; the embedded shards are kept in {partial}: rerun with other --ann_param "
+                "values to finish without embedding again"
+            ) from error
     index.save(output)
     shutil.rmtree(partial)
     print(f"{'added' if add else 'indexed'} {len(metadata) - plan['base_count']} photos -> {output} ({len(index)} in all)")
@@ -306,6 +316,34 @@ def search(args) -> int:
     return 0
 
 
+def _ann_params(items: list[str], kind: str) -> dict:
+    """``--ann_param KEY=VALUE`` items as `AnnConfig` overrides, validated against it."""
+    from hf_sbir.retrieval import AnnConfig
+
+    params = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            params[key.strip()] = int(value)
+        except ValueError:
+            raise IndexCLIError(f"--ann_param {item!r}: expected KEY=INTEGER, e.g. pca_dim=128") from None
+    if "kind" in params:
+        raise IndexCLIError("--ann_param kind=...: choose the index with --ann")
+    if params and kind == "none":
+        raise IndexCLIError("--ann_param needs an approximate index; drop --ann none")
+    try:
+        AnnConfig.from_dict({"kind": AnnConfig().kind if kind in ("auto", "none") else kind, **params})
+    except ValueError as error:
+        raise IndexCLIError(f"--ann_param: {error}") from error
+    return params
+
+
+def _shaping_params(config) -> dict:
+    """The fields of a built index's config that are not derived from the gallery size."""
+    derived = ("kind", "nlist", "nprobe", "ef_search", "pq_nbits", "train_size")
+    return {k: v for k, v in config.to_dict().items() if k not in derived and v is not None}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hf_sbir.index", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -319,7 +357,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--batch_size", type=int, default=32)
         p.add_argument("--shard_size", type=int, default=1024, help="photos per resumable shard")
         p.add_argument("--ann", default="auto", choices=["auto", "none", "hnsw", "ivf_flat", "ivf_pq"],
-                       help="approximate index to build (auto: the default AnnConfig kind, HNSW, from ANN_MIN_GALLERY photos on)")
+                       help="approximate index to build (auto: the default AnnConfig kind, HNSW, from ANN_MIN_GALLERY photos on; "
+                       "`add` rebuilds the index's own kind and parameters)")
+        p.add_argument("--ann_param", action="append", default=[], metavar="KEY=VALUE",
+                       help="an AnnConfig field of the approximate index, repeatable: e.g. --ann_param pca_dim=128 "
+                       "--ann_param m=48 (the 1M-photo setting of BENCHMARKS.md)")
         p.add_argument("--no_progress", action="store_true")
         if name == "build":
             p.add_argument("--overwrite", action="store_true", help="replace an existing index")

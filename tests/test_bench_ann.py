@@ -73,3 +73,25 @@ def test_fit_to_index_runs_on_a_saved_gallery_of_any_width_and_refuses_one_witho
     GalleryIndex(rows).save(tmp_path / "unlabelled")
     with pytest.raises(SystemExit, match="every row needs a 'label'"):
         bench.main(["--size", "500", "--fit-to-index", str(tmp_path / "unlabelled"), "--indexes", "torch"])
+
+
+def test_cached_set_is_written_in_place_and_a_projected_index_is_rebuilt_only_when_its_shape_changes(tmp_path, capsys):
+    """`--cache` writes the gallery straight into its file (how a 10M set larger than RAM is made) and a
+    rerun maps it; a `--pca-dim` index is cached under its own name, reused by a rerun with other search
+    parameters, and reported with its projection and rerank."""
+    import numpy as np
+
+    bench = benchmark_module("bench_ann")
+    common = ["--size", "3000", "--dim", "32", "--clusters", "30", "--queries", "20", "--repeats", "1",
+              "--cache", str(tmp_path), "--indexes", "hnsw", "--pca-dim", "16", "--ef-searches", "16", "--no-mmap"]
+    bench.main(common)
+    first = capsys.readouterr().out
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    gallery = np.load(folder / "gallery.npy", mmap_mode="r")
+    assert gallery.shape == (3000, 32) and np.allclose(np.linalg.norm(gallery, axis=1), 1, atol=1e-5)
+    assert "generated in" in first and "hnsw: built in" in first
+    assert "| hnsw | M=32, efC=40, efSearch=96, PCA 16, rerank 10x |" in first
+    assert sorted(p.name for p in folder.glob("hnsw*.faiss")) == ["hnsw-m32-ef_construction40-pca_dim16-train_size3000-seed0.faiss"]
+    bench.main(common + ["--rerank", "4"])
+    second = capsys.readouterr().out
+    assert "loaded from" in second and "hnsw: reusing" in second and "PCA 16, rerank 4x |" in second

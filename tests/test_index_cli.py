@@ -121,6 +121,30 @@ def test_add_embeds_only_new_photos(setup, reference, tmp_path, monkeypatch):
     assert calls == []
 
 
+def test_approximate_index_parameters_are_built_kept_by_add_and_a_bad_one_loses_no_embedding(setup, tmp_path, monkeypatch):
+    """`--ann_param` reaches the built index (the 1M-photo recipe is a projected, denser graph); `add` rebuilds
+    the index with the same parameters; a value only wrong for this model's width fails after embedding in
+    one line, and a rerun with a good value finishes without embedding a photo again."""
+    gallery = tmp_path / "photos"
+    shutil.copytree(setup / "photos", gallery)
+    calls, _ = _count_embedded(monkeypatch)
+    width = cli._load_model(str(setup / "model"))[0].config.projection_dim
+    argv = ["build", "--model", str(setup / "model"), "--gallery", str(gallery), "--output", str(tmp_path / "idx"),
+            "--no_progress", "--shard_size", "4", "--ann", "hnsw", "--ann_param", "m=12"]
+    assert cli.main(argv + ["--ann_param", f"pca_dim={width}"]) == 2  # not smaller than the embeddings
+    assert sum(calls) == 10 and (tmp_path / "idx" / ".partial").is_dir()
+    assert cli.main(argv + ["--ann_param", f"pca_dim={width // 2}"]) == 0
+    assert sum(calls) == 10  # the shards of the failed run were reused
+    built = GalleryIndex.load(tmp_path / "idx").ann.config
+    assert (built.kind, built.m, built.pca_dim) == ("hnsw", 12, width // 2)
+    for name in ("10.png", "11.png"):
+        shutil.copy(setup / "extra" / name, gallery / "class1" / name)
+    assert cli.main(["add", "--gallery", str(gallery), "--output", str(tmp_path / "idx"), "--no_progress"]) == 0
+    grown = GalleryIndex.load(tmp_path / "idx")
+    assert len(grown) == 12 and grown.ann.count == 12
+    assert (grown.ann.config.kind, grown.ann.config.m, grown.ann.config.pca_dim) == ("hnsw", 12, width // 2)
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_embed_their_shards_and_merge_one_index(setup, reference, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
@@ -153,6 +177,11 @@ def test_user_errors_are_one_line_and_exit_2(setup, tmp_path, capsys):
     fails(["build", "--model", model, "--gallery", photos, "--output", str(tmp_path / "half")], "unfinished run with other arguments")
     fails(["search", "--index", str(tmp_path / "idx"), "--sketch", str(tmp_path / "none.png")], "no such file")
     fails(["search", "--index", str(tmp_path / "nope"), "--sketch", str(setup / "sketch.png")], "no gallery index folder")
+    fresh = ["build", "--model", model, "--gallery", photos, "--output", str(tmp_path / "j")]
+    fails(fresh + ["--ann_param", "pca_dim"], "expected KEY=INTEGER")
+    fails(fresh + ["--ann_param", "pcadim=8"], "unknown ANN parameters ['pcadim']")
+    fails(fresh + ["--ann_param", "m=0"], "m must be a positive integer")
+    fails(fresh + ["--ann", "none", "--ann_param", "m=8"], "drop --ann none")
 
 
 def test_space_gallery_caches_its_approximate_index_once_past_the_threshold(setup, tmp_path, monkeypatch):

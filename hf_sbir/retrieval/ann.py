@@ -13,6 +13,10 @@ BENCHMARKS.md), so past a few hundred thousand photos a gallery needs an approxi
   may stay memory-mapped on disk: only the candidate rows are read).
 
 All use inner product on L2-normalised vectors, i.e. cosine similarity, like the exact backends.
+With ``pca_dim`` any of them is built over the embeddings projected on their leading principal
+directions instead (faiss ``PCAMatrix`` in front; L2 there, since the centred projection keeps
+distances, not inner products): each distance costs ``pca_dim / dim`` as much, which is most of a
+large HNSW query's time, and the ``rerank * k`` best candidates are re-scored exactly.
 `AnnConfig` holds every build and search parameter; the default index (HNSW) reaches recall@10 >= 0.95
 against exact search on the clustered sets of tests/test_index_ann.py and benchmarks/bench_ann.py;
 IVF's recall depends on the data (see `AnnConfig.nprobe` and BENCHMARKS.md).
@@ -87,7 +91,15 @@ class AnnConfig:
             of ``dim`` that is at most ``dim / 8`` (64 bytes for 512-d, i.e. 32x smaller than float32).
         pq_nbits: bits per PQ sub-quantiser code. Default 8, fewer when the training sample is
             smaller than the 39 points per centroid faiss asks for (galleries under ~10k rows).
-        rerank: IVF-PQ re-scores ``rerank * k`` candidates exactly (needs the float embeddings).
+        pca_dim: build the index over the embeddings projected on their ``pca_dim`` leading principal
+            directions (learned from the ``train_size`` sample) and re-score the ``rerank * k`` best
+            candidates exactly from the float embeddings. Default ``None`` (full width). Model
+            embeddings are flat (the packaged model's sketchy-small photos keep 88 % of their variance
+            in 128 of 512 directions), so ``pca_dim=128`` loses little and makes every distance, the
+            bulk of a large HNSW search, 4x cheaper (BENCHMARKS.md); on embeddings whose variance is
+            spread evenly it loses recall that no ``ef_search`` recovers: check `recall_at_k`.
+        rerank: IVF-PQ and ``pca_dim`` indexes re-score ``rerank * k`` candidates exactly (needs the
+            float embeddings).
         train_size: at most this many gallery rows train the IVF k-means / PQ codebooks (a random
             sample; default ``256 * nlist``, the most faiss uses per cell). Fewer rows a cell cost
             recall on clustered embeddings: when a cell holds several clusters, k-means trained on a
@@ -108,6 +120,7 @@ class AnnConfig:
     ef_search: int | None = None
     pq_bytes: int | None = None
     pq_nbits: int | None = None
+    pca_dim: int | None = None
     rerank: int = 10
     train_size: int | None = None
     kmeans_iters: int = 10
@@ -116,7 +129,7 @@ class AnnConfig:
     def __post_init__(self):
         if self.kind not in ANN_KINDS:
             raise ValueError(f"ANN kind must be one of {list(ANN_KINDS)}, got {self.kind!r}")
-        for name in ("nlist", "nprobe", "ef_search", "pq_bytes", "pq_nbits", "train_size"):
+        for name in ("nlist", "nprobe", "ef_search", "pq_bytes", "pq_nbits", "pca_dim", "train_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"AnnConfig.{name} must be a positive integer or None, got {value!r}")
@@ -130,11 +143,14 @@ class AnnConfig:
         nlist = self.nlist or max(1, min(int(round(2 * math.sqrt(count))), count // 39))
         nlist = min(nlist, count)
         nprobe = min(self.nprobe or max(16, nlist // 10), nlist)
+        if self.pca_dim is not None and self.pca_dim >= dim:
+            raise ValueError(f"pca_dim={self.pca_dim} must be smaller than the embedding dim {dim} (or None: full width)")
+        width = self.pca_dim or dim  # what the index itself stores
         pq_bytes = self.pq_bytes
         if pq_bytes is None:
-            pq_bytes = max(b for b in range(1, max(1, dim // 8) + 1) if dim % b == 0)
-        if self.kind == "ivf_pq" and dim % pq_bytes:
-            raise ValueError(f"pq_bytes={pq_bytes} must divide the embedding dim {dim}")
+            pq_bytes = max(b for b in range(1, max(1, width // 8) + 1) if width % b == 0)
+        if self.kind == "ivf_pq" and width % pq_bytes:
+            raise ValueError(f"pq_bytes={pq_bytes} must divide the indexed width {width}")
         train_size = min(count, self.train_size or 256 * nlist)
         ef_search = self.ef_search or default_ef_search(count)
         pq_nbits = self.pq_nbits or max(1, min(8, int(math.log2(max(2, train_size // 39)))))
@@ -191,32 +207,45 @@ class AnnIndex:
         """Build over ``embeddings (N, D)`` (L2-normalised float32). ``overrides`` replace config fields."""
         faiss = _faiss()
         config = replace(config or AnnConfig(), **overrides) if overrides else (config or AnnConfig())
-        vectors = _as_float32(embeddings)
-        if vectors.ndim != 2 or vectors.shape[0] == 0:
-            raise ValueError(f"embeddings must be a non-empty (N, D) matrix, got shape {vectors.shape}")
-        count, dim = vectors.shape
+        if not isinstance(embeddings, (torch.Tensor, np.ndarray)):
+            embeddings = _as_float32(embeddings)
+        # Read block by block, never converted whole: a memory-mapped 10M x 512 gallery is 20 GB.
+        shape = tuple(embeddings.shape)
+        if len(shape) != 2 or shape[0] == 0:
+            raise ValueError(f"embeddings must be a non-empty (N, D) matrix, got shape {shape}")
+        count, dim = shape
         config = config.resolved(count, dim)
-        metric = faiss.METRIC_INNER_PRODUCT
+        width = config.pca_dim or dim
+        # A centred projection keeps distances, not inner products: L2 there (same ranking on unit vectors).
+        metric = faiss.METRIC_L2 if config.pca_dim else faiss.METRIC_INNER_PRODUCT
         if config.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, config.m, metric)
+            index = faiss.IndexHNSWFlat(width, config.m, metric)
             index.hnsw.efConstruction = config.ef_construction
         else:
-            quantizer = faiss.IndexFlatIP(dim)
+            quantizer = faiss.IndexFlat(width, metric)
             if config.kind == "ivf_flat":
-                index = faiss.IndexIVFFlat(quantizer, dim, config.nlist, metric)
+                index = faiss.IndexIVFFlat(quantizer, width, config.nlist, metric)
             else:
-                index = faiss.IndexIVFPQ(quantizer, dim, config.nlist, config.pq_bytes, config.pq_nbits, metric)
+                index = faiss.IndexIVFPQ(quantizer, width, config.nlist, config.pq_bytes, config.pq_nbits, metric)
             index.cp.seed = config.seed
             index.cp.niter = config.kmeans_iters
-            # k-means and PQ codebooks learn from a random sample: enough points per cell, bounded time.
-            rows = np.random.default_rng(config.seed).choice(count, config.train_size, replace=False)
-            rows.sort()
-            index.train(vectors[rows])
             index.own_fields = True
             quantizer.this.disown()  # the IVF index owns (and frees) its quantizer
+        if config.pca_dim:
+            inner, projection = index, faiss.PCAMatrix(dim, config.pca_dim)
+            index = faiss.IndexPreTransform(projection, inner)
+            index.own_fields = True  # frees the projection and the inner index with it
+            inner.this.disown()
+            projection.this.disown()
+        if not index.is_trained:
+            # k-means, PQ codebooks and the projection learn from a random sample: enough points per
+            # cell, bounded time.
+            rows = np.random.default_rng(config.seed).choice(count, config.train_size, replace=False)
+            rows.sort()
+            index.train(_as_float32(embeddings[rows]))
         # Adding in blocks keeps faiss' temporary buffers (and a torch->numpy copy) small.
         for start in range(0, count, 262_144):
-            index.add(vectors[start : start + 262_144])
+            index.add(_as_float32(embeddings[start : start + 262_144]))
         return cls(index, config)
 
     # ------------------------------------------------------------------------------ search
@@ -234,21 +263,24 @@ class AnnIndex:
 
         A slot the index could not fill (e.g. IVF cells holding fewer than k vectors) has index -1
         and score ``-inf``. ``nprobe`` / ``ef_search`` / ``rerank`` override the config for this call.
-        ``gallery``: the float embeddings, needed by IVF-PQ to re-score its candidates exactly
-        (without it IVF-PQ returns its compressed scores).
+        ``gallery``: the float embeddings, needed by IVF-PQ and ``pca_dim`` indexes to re-score their
+        candidates exactly (without it they return their compressed / projected scores).
         """
         faiss = _faiss()
         queries = _as_float32(queries)
         config = self.config
+        coarse = self.kind == "ivf_pq" or config.pca_dim is not None  # scores worth re-scoring exactly
+        candidates = min(k * (rerank or config.rerank) if coarse and gallery is not None else k, self.count)
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or config.ef_search, k))
-            candidates = k
+            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or config.ef_search, candidates))
         else:
             params = faiss.SearchParametersIVF(nprobe=min(nprobe or config.nprobe, config.nlist))
-            candidates = k * (rerank or config.rerank) if self.kind == "ivf_pq" and gallery is not None else k
-        candidates = min(candidates, self.count)
+        if config.pca_dim:  # the inner parameters must outlive the search: keep both names
+            inner_params, params = params, faiss.SearchParametersPreTransform(index_params=params)
         scores, indices = self.index.search(queries, candidates, params=params)
         scores, indices = torch.from_numpy(scores), torch.from_numpy(indices).long()
+        if config.pca_dim:
+            scores = 1 - scores / 2  # squared L2 between unit vectors -> cosine (in the projection)
         if candidates > k:
             scores, indices = _rerank(gallery, torch.from_numpy(queries), indices, k)
         scores[indices < 0] = float("-inf")
@@ -306,9 +338,11 @@ def _mmap_flags(faiss, kind: str) -> list[int]:
 
 def _rerank(gallery: Any, queries: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact scores of each query's candidate rows; the best ``k`` of them."""
-    gallery = torch.as_tensor(gallery)
     valid = candidates >= 0
-    rows = gallery[candidates.clamp(min=0).flatten()].float().view(*candidates.shape, -1)
+    flat = candidates.clamp(min=0).flatten()
+    # A numpy (possibly memory-mapped) gallery: gather the candidate rows there, a copy torch may own.
+    rows = gallery[flat] if isinstance(gallery, torch.Tensor) else torch.from_numpy(np.asarray(gallery[flat.numpy()]))
+    rows = rows.float().view(*candidates.shape, -1)
     scores = torch.einsum("qd,qcd->qc", queries.float(), rows)
     scores[~valid] = float("-inf")
     best, position = scores.topk(k, dim=1)
