@@ -112,6 +112,15 @@ def local_intrinsic_dimension(points: torch.Tensor, k: int = 10, samples: int = 
     return float(1 / torch.cat(inverse).mean())
 
 
+def variance_kept(points, dims: int, samples: int = 50_000) -> float:
+    """Share of the (centred) variance of `points` in their `dims` leading principal directions, from the
+    first `samples` rows: what a `pca_dim` index keeps (model embeddings ~0.88 at 128 of 512)."""
+    rows = torch.as_tensor(np.asarray(points[:samples]), dtype=torch.float64)
+    rows = rows - rows.mean(dim=0)
+    values = torch.linalg.eigvalsh(rows.T @ rows).flip(0).clamp(min=0)
+    return float(values[:dims].sum() / values.sum())
+
+
 def rss_mb() -> float:
     with open("/proc/self/status", encoding="utf-8") as f:
         for line in f:
@@ -247,14 +256,17 @@ def main(argv=None) -> None:
         + (f"a mixture fitted to {args.fit_to_index}" if args.fit_to_index else
            f"spread {args.spread}, noise in {args.intrinsic_dim or args.dim} dimensions a cluster")
         + "; local intrinsic dimension "
-        f"{local_intrinsic_dimension(gallery):.1f} at k=10), "
-        f"{args.queries} queries, top-10; {made}; medians, times in ms\n"
+        f"{local_intrinsic_dimension(gallery):.1f} at k=10"
+        + (f"; {variance_kept(gallery, args.pca_dim):.1%} of the variance in {args.pca_dim} directions" if args.pca_dim else "")
+        + f"), {args.queries} queries, top-10; {made}; medians, times in ms\n"
     )
     if args.compare_index:
         real = GalleryIndex.load(args.compare_index).embeddings
         print(
             f"{args.compare_index}: {real.shape[0]:,} real embeddings, local intrinsic dimension "
-            f"{local_intrinsic_dimension(real):.1f} at k=10\n"
+            f"{local_intrinsic_dimension(real):.1f} at k=10"
+            + (f", {variance_kept(real, args.pca_dim):.1%} of the variance in {args.pca_dim} directions" if args.pca_dim else "")
+            + "\n"
         )
     if exact is None:
         start = time.perf_counter()

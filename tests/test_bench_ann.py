@@ -1,6 +1,7 @@
 """The ANN benchmark's data knobs (benchmarks/bench_ann.py): what BENCHMARKS.md says `--intrinsic-dim` does and
 what the printed local intrinsic dimension measures."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import benchmark_module
@@ -91,7 +92,20 @@ def test_cached_set_is_written_in_place_and_a_projected_index_is_rebuilt_only_wh
     assert gallery.shape == (3000, 32) and np.allclose(np.linalg.norm(gallery, axis=1), 1, atol=1e-5)
     assert "generated in" in first and "hnsw: built in" in first
     assert "| hnsw | M=32, efC=40, efSearch=96, PCA 16, rerank 10x |" in first
+    assert "of the variance in 16 directions" in first
     assert sorted(p.name for p in folder.glob("hnsw*.faiss")) == ["hnsw-m32-ef_construction40-pca_dim16-train_size3000-seed0.faiss"]
     bench.main(common + ["--rerank", "4"])
     second = capsys.readouterr().out
     assert "loaded from" in second and "hnsw: reusing" in second and "PCA 16, rerank 4x |" in second
+
+
+def test_variance_kept_is_the_share_of_the_leading_principal_directions():
+    """What BENCHMARKS.md quotes to say whether `pca_dim` suits a gallery (the real one keeps 87.7 % in 128)."""
+    bench = benchmark_module("bench_ann")
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([3.0, 2.0, 1.0, 1.0])  # variances 9, 4, 1, 1 along random orthogonal axes
+    axes = torch.linalg.qr(torch.randn(4, 4, generator=generator)).Q
+    points = (torch.randn(40_000, 4, generator=generator) * scales) @ axes.T + 5.0  # the mean does not count
+    assert abs(bench.variance_kept(points.numpy(), 1) - 9 / 15) < 0.01
+    assert abs(bench.variance_kept(points.numpy(), 2) - 13 / 15) < 0.01
+    assert bench.variance_kept(points.numpy(), 4) == pytest.approx(1.0)
