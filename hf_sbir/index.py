@@ -10,7 +10,7 @@
 finished shards. Under ``torchrun`` / ``accelerate launch`` process ``r`` of ``n`` embeds shards
 ``r, r + n, ...`` on its own device, and process 0 merges every shard into one `GalleryIndex`
 (plus an approximate index with ``--ann``, or by default (HNSW) once the gallery reaches
-`ANN_MIN_GALLERY` photos) and removes ``.partial``. ``add`` embeds only photos (by file path, or a
+`ANN_MIN_GALLERY` photos; ``--ann_param KEY=VALUE`` sets any `AnnConfig` field) and removes ``.partial``. ``add`` embeds only photos (by file path, or a
 dataset's ``id`` column) that the index does not hold yet and appends them.
 
 ``--gallery``: a folder of images (recursive; label = top-level sub-folder) or a dataset folder
@@ -266,8 +266,8 @@ def build(args, add: bool = False) -> int:
         # Rebuilt as it was built (kind, graph, projection); the size-derived values are derived anew.
         ann = existing.ann.kind
         ann_params = {**_shaping_params(existing.ann.config), **ann_params}
-    elif ann == "auto":
-        ann = AnnConfig().kind if len(index) >= ANN_MIN_GALLERY else "none"
+    elif ann == "auto":  # --ann_param asks for an approximate index whatever the size
+        ann = AnnConfig().kind if len(index) >= ANN_MIN_GALLERY or ann_params else "none"
     if ann != "none":
         print(f"building the approximate index ({ann}) over {len(index)} photos", file=sys.stderr)
         try:

@@ -130,7 +130,7 @@ def test_approximate_index_parameters_are_built_kept_by_add_and_a_bad_one_loses_
     calls, _ = _count_embedded(monkeypatch)
     width = cli._load_model(str(setup / "model"))[0].config.projection_dim
     argv = ["build", "--model", str(setup / "model"), "--gallery", str(gallery), "--output", str(tmp_path / "idx"),
-            "--no_progress", "--shard_size", "4", "--ann", "hnsw", "--ann_param", "m=12"]
+            "--no_progress", "--shard_size", "4", "--ann_param", "m=12"]  # --ann auto: a parameter asks for HNSW
     assert cli.main(argv + ["--ann_param", f"pca_dim={width}"]) == 2  # not smaller than the embeddings
     assert sum(calls) == 10 and (tmp_path / "idx" / ".partial").is_dir()
     assert cli.main(argv + ["--ann_param", f"pca_dim={width // 2}"]) == 0
