@@ -195,6 +195,7 @@ def main(argv=None) -> None:
     parser.add_argument("--nlist", type=int, default=None, help="override AnnConfig.nlist")
     parser.add_argument("--pca-dim", type=int, default=None, help="AnnConfig.pca_dim of the faiss indexes (default: full width)")
     parser.add_argument("--rerank", type=int, default=None, help="override AnnConfig.rerank (IVF-PQ and --pca-dim)")
+    parser.add_argument("--pq-bytes", type=int, default=None, help="override AnnConfig.pq_bytes (IVF-PQ)")
     parser.add_argument("--no-mmap", action="store_true", help="skip the memory-mapped reload of each index")
     parser.add_argument("--cache", type=Path, default=None, help="keep data, ground truth and built indexes here")
     args = parser.parse_args(argv)
@@ -312,6 +313,8 @@ def main(argv=None) -> None:
                 overrides["pca_dim"] = args.pca_dim
             if args.rerank:
                 overrides["rerank"] = args.rerank
+            if name == "ivf_pq" and args.pq_bytes:
+                overrides["pq_bytes"] = args.pq_bytes
             config = AnnConfig(kind=name, **overrides).resolved(args.size, args.dim)
             # The cached file is keyed by what shapes the built index (search-time parameters excluded).
             shaping = ("m", "ef_construction") if name == "hnsw" else ("nlist", "train_size", "kmeans_iters", "seed")

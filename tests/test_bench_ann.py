@@ -97,6 +97,8 @@ def test_cached_set_is_written_in_place_and_a_projected_index_is_rebuilt_only_wh
     bench.main(common + ["--rerank", "4"])
     second = capsys.readouterr().out
     assert "loaded from" in second and "hnsw: reusing" in second and "PCA 16, rerank 4x |" in second
+    bench.main(common[:-7] + ["--indexes", "ivf_pq", "--pca-dim", "16", "--pq-bytes", "4", "--nprobes", "4", "--no-mmap"])
+    assert "| ivf_pq | nlist=76, nprobe=16, 4 B x 6 bit, PCA 16, rerank 10x |" in capsys.readouterr().out
 
 
 def test_variance_kept_is_the_share_of_the_leading_principal_directions():
