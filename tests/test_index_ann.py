@@ -209,6 +209,9 @@ def test_bad_parameters_are_named():
         GalleryIndex(torch.randn(500, 64)).build_ann("ivf_pq", pq_bytes=7)
     with pytest.raises(ValueError, match="pq_bytes=64 must divide the indexed width 48"):
         GalleryIndex(torch.randn(500, 64)).build_ann("ivf_pq", pq_bytes=64, pca_dim=48)
+    # A projection keeps the embedding's byte budget (measured: 16 B of a 128-d projection lost recall at 10M).
+    assert AnnConfig(kind="ivf_pq", pca_dim=128).resolved(10_000_000, 512).pq_bytes == 64
+    assert AnnConfig(kind="ivf_pq", pca_dim=48).resolved(10_000, 512).pq_bytes == 48
     with pytest.raises(ValueError, match="pca_dim=64 must be smaller than the embedding dim 64"):
         GalleryIndex(torch.randn(500, 64)).build_ann("hnsw", pca_dim=64)
     with pytest.raises(ValueError, match="exact"):
