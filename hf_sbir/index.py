@@ -261,17 +261,16 @@ def build(args, add: bool = False) -> int:
         raise IndexCLIError(f"the model embeds to {embeddings.shape[1]} dims but {output} holds {existing.dim}-d vectors")
     name = existing.model_name_or_path if existing is not None else _model_id(str(args.model))
     index = GalleryIndex(embeddings, metadata, name, normalize=False)
-    ann = args.ann
+    ann, config = args.ann, None
     if ann == "auto" and existing is not None and existing.ann is not None:
-        # Rebuilt as it was built (kind, graph, projection); the size-derived values are derived anew.
-        ann = existing.ann.kind
-        ann_params = {**_shaping_params(existing.ann.config), **ann_params}
+        config = existing.ann.config.unresolved()  # rebuilt as it was built, sized for the grown gallery
+        ann = config.kind
     elif ann == "auto":  # --ann_param asks for an approximate index whatever the size
         ann = AnnConfig().kind if len(index) >= ANN_MIN_GALLERY or ann_params else "none"
     if ann != "none":
         print(f"building the approximate index ({ann}) over {len(index)} photos", file=sys.stderr)
         try:
-            index.build_ann(ann, **ann_params)
+            index.build_ann(config or ann, **ann_params)
         except ValueError as error:  # e.g. pca_dim >= the model's width: only known once embedded
             raise IndexCLIError(
                 f"--ann_param: {error}; the embedded shards are kept in {partial}: rerun with other --ann_param "
@@ -336,12 +335,6 @@ def _ann_params(items: list[str], kind: str) -> dict:
     except ValueError as error:
         raise IndexCLIError(f"--ann_param: {error}") from error
     return params
-
-
-def _shaping_params(config) -> dict:
-    """The fields of a built index's config that are not derived from the gallery size."""
-    derived = ("kind", "nlist", "nprobe", "ef_search", "pq_nbits", "train_size")
-    return {k: v for k, v in config.to_dict().items() if k not in derived and v is not None}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -181,6 +181,8 @@ def test_hnsw_candidate_list_grows_with_the_gallery_past_100k(tmp_path, data):
     assert 96 < default_ef_search(300_000) < 768 < default_ef_search(2_000_000)
     assert AnnConfig().resolved(1_000_000, 512).ef_search == 768
     assert AnnConfig(ef_search=40).resolved(1_000_000, 512).ef_search == 40
+    regrown = AnnConfig(m=48, pca_dim=128).resolved(100_000, 512).unresolved().resolved(1_000_000, 512)
+    assert (regrown.ef_search, regrown.m, regrown.pca_dim) == (768, 48, 128)  # sized anew, shape kept
     with pytest.raises(ValueError, match="ef_search must be a positive integer or None"):
         AnnConfig(ef_search=0)
     gallery, _, _ = data

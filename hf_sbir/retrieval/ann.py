@@ -55,6 +55,10 @@ def default_ef_search(count: int) -> int:
     return int(round(96 * 8 ** math.log10(count / 100_000)))
 
 
+# The `AnnConfig` fields whose default `resolved` derives from the gallery size.
+_SIZE_DERIVED = ("nlist", "nprobe", "ef_search", "pq_nbits", "train_size")
+
+
 @dataclass
 class AnnConfig:
     """Build and search parameters of an approximate index. ``None`` means "derive from the gallery size".
@@ -139,6 +143,11 @@ class AnnConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AnnConfig.{name} must be a positive integer, got {value!r}")
+
+    def unresolved(self) -> AnnConfig:
+        """A copy with the values `resolved` derives from the gallery size set back to ``None``: how a
+        built index is rebuilt over a grown gallery (its kind, graph and projection kept)."""
+        return replace(self, **dict.fromkeys(_SIZE_DERIVED))
 
     def resolved(self, count: int, dim: int) -> AnnConfig:
         """A copy with every ``None`` replaced by its value for a gallery of ``count x dim``."""
